@@ -1,0 +1,401 @@
+"""MLflow tracking: the only module that imports MLflow.
+
+It owns the store (SQLite inside `mlruns/` by default), the lifecycle of a training run and of
+a sweep's parent run, buffered metric logging off the training loop's hot path, artifacts and
+provenance. Every run it opens ends FINISHED, FAILED or KILLED, with the reason as a tag; runs
+of processes that died by SIGKILL are closed as KILLED the next time the store is opened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict
+from functools import cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+for _name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking", "mlflow.store"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from doomnet.config import Config, TrackingConfig  # noqa: E402
+
+BATCH = 1000  # MLflow's limit of metrics per log_batch call
+PACKAGES = ("doomnet-sweeps", "numpy", "mlflow", "hydra-core", "optuna", "scikit-learn")
+
+
+# --- the store ---------------------------------------------------------------------------------
+
+
+def store_uri(cfg: TrackingConfig, project_dir: Path) -> str:
+    """tracking.uri, else $MLFLOW_TRACKING_URI, else the project's SQLite store (absolute)."""
+    if cfg.uri:
+        return cfg.uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{(Path(project_dir) / 'mlruns' / 'mlflow.db').resolve()}"
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Serialise creation of a SQLite store: MLflow's migrations race on a new database."""
+    db = _sqlite_path(uri)
+    if db is None:
+        yield
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.parent / ".mlflow.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def open_store(cfg: TrackingConfig, project_dir: Path) -> tuple[MlflowClient, str]:
+    """A client on the store and the experiment's id; creates both once, closes orphan runs."""
+    uri = store_uri(cfg, project_dir)
+    client = MlflowClient(tracking_uri=uri)
+    with _store_lock(uri):
+        try:
+            experiment = client.get_experiment_by_name(cfg.experiment)
+            if experiment is None:
+                db = _sqlite_path(uri)
+                location = (db.parent / "artifacts" / cfg.experiment).as_uri() if db else None
+                experiment_id = client.create_experiment(cfg.experiment, location)
+            else:
+                experiment_id = experiment.experiment_id
+        except MlflowException as exc:
+            raise RuntimeError(f"Cannot open the MLflow store at {uri}: {exc.message}") from exc
+        close_orphans(client, experiment_id)
+    return client, experiment_id
+
+
+# --- provenance --------------------------------------------------------------------------------
+
+
+def _process_start(pid: int) -> str | None:
+    """Start time of a process (Linux clock ticks since boot), to tell a reused pid apart."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int, started: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return started is None or _process_start(pid) in (None, started)
+
+
+def owner_tags() -> dict[str, str]:
+    """Which process owns a run, so a later process can tell whether it died."""
+    pid = os.getpid()
+    return {
+        "doomnet.host": socket.gethostname(),
+        "doomnet.pid": str(pid),
+        "doomnet.pid_start": _process_start(pid) or "",
+    }
+
+
+def close_orphans(client: MlflowClient, experiment_id: str) -> list[str]:
+    """Mark KILLED every RUNNING run of this host whose process no longer exists."""
+    host = socket.gethostname()
+    running = client.search_runs(
+        [experiment_id],
+        filter_string=f"attributes.status = 'RUNNING' and tags.`doomnet.host` = '{host}'",
+        max_results=1000,
+    )
+    closed = []
+    for run in running:
+        tags = run.data.tags
+        pid = int(tags.get("doomnet.pid", "0") or 0)
+        if pid and not _alive(pid, tags.get("doomnet.pid_start") or None):
+            reason = f"process {pid} on {host} died while the run was RUNNING"
+            client.set_tag(run.info.run_id, "doomnet.end_reason", reason)
+            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+            closed.append(run.info.run_id)
+    return closed
+
+
+@cache
+def _git(project_dir: str) -> dict[str, str]:
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", "-C", project_dir, *args], capture_output=True, text=True)
+        return out.stdout.strip() if out.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return {}
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    return {"mlflow.source.git.commit": commit, "git.commit": commit, "git.dirty": str(dirty)}
+
+
+@cache
+def environment_tags() -> dict[str, str]:
+    """Package versions, Python, host and BLAS: what a bit-identical re-run depends on."""
+    tags = {"python": sys.version.split()[0], "host": socket.gethostname()}
+    for package in PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            tags[f"version.{package}"] = metadata.version(package)
+    with contextlib.suppress(Exception):
+        from threadpoolctl import threadpool_info
+
+        blas = [p for p in threadpool_info() if p.get("user_api") == "blas"]
+        if blas:
+            tags["blas.library"] = f"{blas[0]['internal_api']} {blas[0].get('version')}"
+            tags["blas.threads"] = str(blas[0]["num_threads"])
+            tags["blas.architecture"] = str(blas[0].get("architecture"))
+    return tags
+
+
+def provenance_tags(project_dir: Path) -> dict[str, str]:
+    return {
+        **environment_tags(),
+        **_git(str(Path(project_dir).resolve())),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        **owner_tags(),
+    }
+
+
+def flat_params(cfg: Config) -> dict[str, str]:
+    """The resolved config as MLflow params: `lr`, `hidden`, `data.name`, `optimizer.*`, ..."""
+    values = asdict(cfg)
+    params: dict[str, str] = {}
+    for key, value in values.items():
+        if key in ("tracking", "trial", "progress"):
+            continue
+        if isinstance(value, dict):
+            for sub, v in value.items():
+                params[f"{key}.{sub}"] = str(v)
+        else:
+            params[key] = str(value)
+    return params
+
+
+# --- one training run --------------------------------------------------------------------------
+
+
+class RunTracker:
+    """A training run in MLflow: buffers metrics from the loop, flushes them in a thread.
+
+    Call it as a `fit` callback: `tracker(step, metrics)` only appends to a list.
+    """
+
+    def __init__(self, client: MlflowClient, run_id: str, flush_every_s: float = 5.0):
+        self.client = client
+        self.run_id = run_id
+        self.flush_every_s = flush_every_s
+        self._buffer: list[Metric] = []
+        self._lock = threading.Lock()  # one writer at a time: the flusher or the final flush
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._flush_loop, name="mlflow-flush", daemon=True)
+        self._thread.start()
+
+    def __call__(self, step: int, metrics: Mapping[str, float]) -> None:
+        now = int(time.time() * 1000)
+        self._buffer.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
+
+    def _flush_loop(self) -> None:
+        while not self._stop.wait(self.flush_every_s):
+            try:
+                self.flush()
+            except BaseException as exc:  # close() then ends the run FAILED: no silent gaps
+                self._error = exc
+                return
+
+    def flush(self) -> None:
+        with self._lock:
+            pending, self._buffer = self._buffer, []
+            for i in range(0, len(pending), BATCH):
+                _retry(
+                    lambda chunk=pending[i : i + BATCH]: self.client.log_batch(
+                        self.run_id, metrics=chunk, synchronous=True
+                    )
+                )
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        self(step if step is not None else 0, metrics)
+
+    def log_file(self, write: Callable[[Path], Any], name: str, artifact_path: str | None = None):
+        """Log the file that `write(path)` creates as artifact `artifact_path/name`."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            write(path)
+            _retry(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        batch = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
+        for i in range(0, len(batch), 100):
+            _retry(lambda chunk=batch[i : i + 100]: self.client.log_batch(self.run_id, tags=chunk))
+
+    def close(self, status: str, reason: str | None = None) -> None:
+        """Write every buffered point, then end the run with `status` and its reason."""
+        self._stop.set()
+        self._thread.join()
+        try:
+            self.flush()
+        finally:
+            if self._error is not None and status == "FINISHED":
+                status, reason = "FAILED", f"metric logging failed: {self._error}"
+            if reason:
+                self.client.set_tag(self.run_id, "doomnet.end_reason", reason[:5000])
+            self.client.set_terminated(self.run_id, status)
+
+
+def _retry(call, attempts: int = 5, wait_s: float = 0.5):
+    """Retry a store write: SQLite says 'database is locked' under parallel writers."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except MlflowException as exc:
+            if attempt == attempts - 1 or "locked" not in str(exc).lower():
+                raise
+            time.sleep(wait_s * (attempt + 1))
+
+
+def _ending(exc: BaseException | None) -> tuple[str, str | None, dict[str, str]]:
+    """(status, reason, extra tags) for how a run's body ended."""
+    if exc is None:
+        return "FINISHED", None, {}
+    if hasattr(exc, "run_status"):  # doomnet.run's Terminated and Pruned say how they end
+        return exc.run_status, str(exc), dict(getattr(exc, "run_tags", {}))
+    if isinstance(exc, KeyboardInterrupt):
+        return "KILLED", "interrupted (Ctrl-C)", {}
+    message = f"{type(exc).__name__}: {exc}"
+    return "FAILED", message, {"error": message}
+
+
+@contextlib.contextmanager
+def training_run(
+    cfg: Config, *, project_dir: Path, run_name: str, tags: Mapping[str, str]
+) -> Iterator[RunTracker]:
+    """Open a run (child of `cfg.tracking.parent_run_id` if set) with params and provenance;
+    close it FINISHED, FAILED (exception: reason tagged `error`) or KILLED (Ctrl-C, SIGTERM,
+    pruning) — buffered metrics are written first, so a partial curve is kept."""
+    client, experiment_id = open_store(cfg.tracking, project_dir)
+    run_tags = {**provenance_tags(project_dir), **tags}
+    if cfg.tracking.parent_run_id:
+        run_tags["mlflow.parentRunId"] = cfg.tracking.parent_run_id
+    run = client.create_run(experiment_id, tags=run_tags, run_name=run_name)
+    tracker = RunTracker(client, run.info.run_id, cfg.tracking.flush_every_s)
+    try:
+        params = [Param(k, v[:6000]) for k, v in flat_params(cfg).items()]
+        client.log_batch(run.info.run_id, params=params)
+        yield tracker
+    except BaseException as exc:
+        status, reason, extra = _ending(exc)
+        with contextlib.suppress(Exception):
+            tracker.set_tags(extra)
+        tracker.close(status, reason)
+        raise
+    else:
+        tracker.close("FINISHED")
+
+
+# --- a sweep's parent run ----------------------------------------------------------------------
+
+
+class SweepRun:
+    """The MLflow parent run of a multirun: jobs are its children (`mlflow.parentRunId`)."""
+
+    def __init__(self, client: MlflowClient, experiment_id: str, run_id: str):
+        self.client = client
+        self.experiment_id = experiment_id
+        self.run_id = run_id
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        batch = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
+        self.client.log_batch(self.run_id, tags=batch)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=batch)
+
+    def children(self) -> list[Any]:
+        """Child runs, oldest first (MLflow `Run` objects)."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{self.run_id}'",
+            max_results=10000,
+            order_by=["attributes.start_time ASC"],
+        )
+        return list(runs)
+
+
+@contextlib.contextmanager
+def sweep_run(
+    cfg: TrackingConfig,
+    *,
+    project_dir: Path,
+    run_name: str,
+    params: Mapping[str, str],
+    tags: Mapping[str, str],
+    run_id: str | None = None,
+) -> Iterator[SweepRun]:
+    """Open (or, with `run_id`, reopen) a sweep's parent run. The body may raise `SweepFailed`
+    to end it FAILED with a reason; Ctrl-C/SIGTERM end it KILLED."""
+    client, experiment_id = open_store(cfg, project_dir)
+    all_tags = {**provenance_tags(project_dir), **tags, "doomnet.kind": "sweep"}
+    if run_id is None:
+        run_id = client.create_run(experiment_id, tags=all_tags, run_name=run_name).info.run_id
+        param_batch = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(param_batch), 100):
+            client.log_batch(run_id, params=param_batch[i : i + 100])
+    else:  # a resumed sweep: running again under this process
+        client.update_run(run_id, status="RUNNING")
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in owner_tags().items()])
+    sweep = SweepRun(client, experiment_id, run_id)
+    try:
+        yield sweep
+    except BaseException as exc:
+        status, reason, _ = _ending(exc)
+        client.set_tag(run_id, "doomnet.end_reason", reason[:5000] if reason else "")
+        client.set_terminated(run_id, status)
+        raise
+    else:
+        client.set_terminated(run_id, "FINISHED")
+
+
+def ui_command(project_dir: Path, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
+    """The `mlflow ui` command line for the project's store."""
+    uri = store_uri(TrackingConfig(), project_dir)
+    artifacts = Path(project_dir).resolve() / "mlruns" / "artifacts"
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--default-artifact-root",
+        artifacts.as_uri(),
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]

@@ -1,0 +1,1 @@
+"""DoomNet's Hydra sweepers: `doomnet_grid` (the default) and `optuna`."""

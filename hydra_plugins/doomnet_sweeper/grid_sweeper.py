@@ -1,0 +1,124 @@
+"""`hydra/sweeper=doomnet_grid`: Hydra's basic grid, plus an MLflow parent run for the sweep,
+every job run to the end even when some fail, and a summary that lists every failure."""
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import CompactHydraException
+from omegaconf import OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GridSweeperConf:
+    _target_: str = "hydra_plugins.doomnet_sweeper.grid_sweeper.GridSweeper"
+    max_batch_size: Optional[int] = None  # noqa: UP045 (Hydra scans plugins before annotations resolve)
+    params: Optional[dict[str, str]] = None  # noqa: UP045
+
+
+ConfigStore.instance().store(
+    group="hydra/sweeper", name="doomnet_grid", node=GridSweeperConf, provider="doomnet"
+)
+
+
+class SweepFailed(CompactHydraException):
+    """Some jobs failed; Hydra prints this message alone and exits 1."""
+
+
+def job_name(overrides: list[str]) -> str:
+    from doomnet.run import run_name
+
+    return run_name(list(overrides))
+
+
+def job_row(number: int, ret: JobReturn):
+    from doomnet.summary import JobRow
+
+    name = job_name(ret.overrides or [])
+    if ret.status == JobStatus.COMPLETED:
+        return JobRow(number, name, "COMPLETE", float(ret._return_value))
+    exc = ret._return_value
+    return JobRow(number, name, "FAILED", None, f"{type(exc).__name__}: {exc}")
+
+
+class GridSweeper(BasicSweeper):
+    def sweep(self, arguments: list[str]) -> Any:
+        from doomnet.config import TrackingConfig, hydra_project_dir
+        from doomnet.summary import format_table
+
+        params_conf = self._parse_config()
+        params_conf.extend(arguments)
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        self.overrides = self.split_arguments(
+            parser.parse_overrides(params_conf), self.max_batch_size
+        )
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+
+        tracking_cfg = TrackingConfig(**OmegaConf.to_container(self.config.tracking, resolve=True))
+        project_dir = hydra_project_dir(self.config.hydra)
+        n_jobs = sum(len(batch) for batch in self.overrides)
+        title = f"sweep {' '.join(params_conf)}"
+        rows = []
+        parent_run = _parent_run(tracking_cfg, project_dir, title, params_conf, sweep_dir, n_jobs)
+        with parent_run as parent:
+            extra = [f"tracking.parent_run_id={parent.run_id}"] if parent else []
+            number = 0
+            while not self.is_done():
+                batch = [list(job) + extra for job in self.get_job_batch()]
+                self.validate_batch_is_legal(batch)
+                for ret in self.launcher.launch(batch, initial_job_idx=number):
+                    ret.overrides = [o for o in ret.overrides if o not in extra]
+                    rows.append(job_row(number, ret))
+                    number += 1
+            table = format_table(rows, title)
+            print(table, flush=True)
+            failed = [r for r in rows if r.status == "FAILED"]
+            completed = [r for r in rows if r.value is not None]
+            if parent:
+                parent.log_metrics(
+                    {
+                        "sweep/jobs": len(rows),
+                        "sweep/failed": len(failed),
+                        **(
+                            {"sweep/best_val_acc": max(r.value for r in completed)}
+                            if completed
+                            else {}
+                        ),
+                    }
+                )
+            if failed:
+                listing = "; ".join(f"#{r.number} {r.name} ({r.reason})" for r in failed)
+                raise SweepFailed(f"{len(failed)} of {len(rows)} jobs failed: {listing}")
+        return rows
+
+
+def _parent_run(tracking_cfg, project_dir, title, params_conf, sweep_dir, n_jobs):
+    if not tracking_cfg.enabled:
+        return contextlib.nullcontext()
+    from doomnet import tracking
+
+    params = {}
+    for override in params_conf:
+        key, _, value = override.partition("=")
+        params[f"sweep.{key}"] = value
+    return tracking.sweep_run(
+        tracking_cfg,
+        project_dir=project_dir,
+        run_name=title,
+        params=params,
+        tags={
+            "sweep.sweeper": "doomnet_grid",
+            "sweep.dir": str(sweep_dir.resolve()),
+            "sweep.jobs": str(n_jobs),
+        },
+    )
