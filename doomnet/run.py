@@ -121,9 +121,11 @@ def run(
         )
     model = build_model(cfg, splits.n_features, splits.n_classes)
     optimizer = build_optimizer(cfg)
-    progress = Progress(cfg.iterations, name, cfg.progress)
+    progress = None
 
     def train(extra_callbacks: tuple) -> tuple[Any, dict[str, float]]:
+        nonlocal progress
+        progress = Progress(cfg.iterations, name, cfg.progress)
         result = fit(
             model,
             splits,
@@ -147,7 +149,7 @@ def run(
         }
         return result, summary
 
-    status = "failed"
+    status = "failed"  # what the progress line says if the body raises
     try:
         with sigterm_raises():
             if not cfg.tracking.enabled:
@@ -168,7 +170,8 @@ def run(
                     _log_artifacts(tracker, cfg, model, result.history, name, overrides)
         status = "stopped early" if result.stopped_early else "done"
     finally:
-        progress.close(status if sys.exc_info()[0] is None else "failed")
+        if progress is not None:
+            progress.close(status)
     return float(result.final["val/acc"])
 
 

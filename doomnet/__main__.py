@@ -1,0 +1,5 @@
+import sys
+
+from doomnet.cli import main
+
+sys.exit(main())
