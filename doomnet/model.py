@@ -126,8 +126,11 @@ class DoomNet:
         if not (np.issubdtype(X.dtype, np.floating) or np.issubdtype(X.dtype, np.integer)):
             raise ValueError(f"{x_name} must hold numbers, got dtype {X.dtype}")
         X = np.ascontiguousarray(X, dtype=self.dtype)
-        # min/max propagate NaN and see inf, without a (N, D) boolean temporary.
-        if not (math.isfinite(X.min()) and math.isfinite(X.max())):
+        # One cheap pass: a NaN or inf anywhere makes the sum non-finite. Huge finite
+        # values can overflow the sum too, so only then look at every element.
+        with np.errstate(over="ignore", invalid="ignore"):
+            total = X.sum()
+        if not math.isfinite(total) and not np.isfinite(X).all():
             raise ValueError(f"{x_name} contains NaN or inf")
         if y is None:
             return X, None
@@ -318,14 +321,13 @@ class DoomNet:
         def bad(why: str) -> ValueError:
             return ValueError(f"{path}: not a valid DoomNet weights file: {why}")
 
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                arrays = {k: f[k] for k in f.files}
-        except FileNotFoundError:
-            raise
-        except Exception as e:  # zip, header and pickle errors all mean "bad file"
-            raise bad(f"{type(e).__name__}: {e}") from e
-        if not isinstance(arrays, dict) or "hidden_sizes" not in arrays:
+        with open(path, "rb") as fh:  # our handle: closed even if np.load fails midway
+            try:
+                with np.load(fh, allow_pickle=False) as f:
+                    arrays = {k: f[k] for k in f.files}
+            except Exception as e:  # zip, header and pickle errors all mean "bad file"
+                raise bad(f"{type(e).__name__}: {e}") from e
+        if "hidden_sizes" not in arrays:
             raise bad("no hidden_sizes entry")
         try:
             version = int(arrays["format_version"])

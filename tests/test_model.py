@@ -106,6 +106,12 @@ def test_float32_stays_float32_and_biases_stay_1d():
     assert model.predict_proba(X.astype(np.float64)).dtype == np.float32
 
 
+def test_huge_but_finite_inputs_are_accepted():
+    X = np.full((3, 4), 3e38, np.float32)  # their sum overflows float32; they are finite
+    X_checked, _ = DoomNet(4, 3, 2).check_inputs(X)
+    assert X_checked is X  # already float32 and contiguous: no copy
+
+
 def test_constructor_shapes_init_and_seed():
     model = DoomNet(784, 20, 10)
     assert model.hidden_sizes == (20,) and model.input_size == 784 and model.output_size == 10
@@ -216,10 +222,14 @@ def test_load_rejects_bad_files(tmp_path):
     _write_npz(int_weights, **{**arrays, "W1": np.zeros((8, 5), np.int64)})
     missing = tmp_path / "missing.npz"
     _write_npz(missing, **{k: v for k, v in arrays.items() if k != "b2"})
+    plain_npy = tmp_path / "plain_npy.npz"
+    with open(plain_npy, "wb") as f:
+        np.save(f, np.zeros(3))
     pickled = tmp_path / "pickled.npz"
     _write_npz(pickled, **{**arrays, "init": np.array([{"evil": 1}], dtype=object)})
 
-    for path in (garbage, truncated, mismatched, bias_2d, wrong_hidden, int_weights, missing):
+    bad_files = (garbage, truncated, plain_npy, mismatched, bias_2d, wrong_hidden, int_weights)
+    for path in (*bad_files, missing):
         with pytest.raises(ValueError, match=path.name):
             DoomNet.load(path)
     with pytest.raises(ValueError, match="pickled.npz"):
