@@ -296,16 +296,41 @@ def check_command_line(argv: list[str], config_dir: Path = CONF_DIR) -> None:
         for v in values[1:]:
             candidates.append(base[:i] + [f"{o.get_key_element()}={v}"] + base[i + 1 :])
 
+    configs = []
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir.resolve()), version_base="1.3"):
         for overrides in candidates:
             try:
-                to_config(compose(config_name=args.config_name or "config", overrides=overrides))
+                composed = compose(config_name=args.config_name or "config", overrides=overrides)
+                configs.append(to_config(composed))
             except ConfigError:
                 raise
             except (HydraException, OmegaConfBaseException, ValueError) as exc:
                 raise ConfigError(_explain(exc, config_dir)) from exc
     GlobalHydra.instance().clear()
+    check_data(configs)
+
+
+def check_data(configs: list[Config]) -> None:
+    """Load each data set the configs name (a missing or corrupt file fails here, in one
+    sentence) and check every batch size against its training split."""
+    from doomnet.data import load_dataset
+
+    largest: dict[tuple, int] = {}
+    for cfg in configs:
+        key = (cfg.data.name, cfg.data.val_fraction, cfg.data.root)
+        largest[key] = max(largest.get(key, 0), cfg.batch_size or 0)
+    for (name, val_fraction, root), batch_size in largest.items():
+        splits = load_dataset(name, val_fraction=val_fraction, root=root)  # ValueError: one line
+        check_batch_size(batch_size or None, len(splits.y_train), name)
+
+
+def check_batch_size(batch_size: int | None, n_train: int, data_name: str) -> None:
+    if batch_size is not None and batch_size > n_train:
+        raise ConfigError(
+            f"batch_size must be <= the {n_train} training samples of {data_name}, "
+            f"got {batch_size}."
+        )
 
 
 def hydra_project_dir(hydra_cfg: Any) -> Path:

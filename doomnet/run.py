@@ -15,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from doomnet.config import Config, ConfigError, hydra_project_dir
+from doomnet.config import Config, check_batch_size, hydra_project_dir
 from doomnet.data import load_dataset
 from doomnet.fit import fit
 from doomnet.model import DoomNet
@@ -113,12 +113,7 @@ def run(
     splits = load_dataset(
         cfg.data.name, val_fraction=cfg.data.val_fraction, seed=cfg.seed, root=cfg.data.root
     )
-    n_train = len(splits.y_train)
-    if cfg.batch_size is not None and cfg.batch_size > n_train:
-        raise ConfigError(
-            f"batch_size must be <= the {n_train} training samples of "
-            f"{cfg.data.name}, got {cfg.batch_size}."
-        )
+    check_batch_size(cfg.batch_size, len(splits.y_train), cfg.data.name)
     model = build_model(cfg, splits.n_features, splits.n_classes)
     optimizer = build_optimizer(cfg)
     progress = None
@@ -200,7 +195,7 @@ def cli(main: Callable[[], Any], config_dir: Path) -> None:
 
     try:
         check_command_line(sys.argv[1:], config_dir=config_dir)
-    except ConfigError as exc:
+    except ValueError as exc:  # ConfigError, or DataError for a missing/corrupt data file
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     try:

@@ -25,14 +25,15 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-for _name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking", "mlflow.store"):
-    logging.getLogger(_name).setLevel(logging.WARNING)
-
 from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from doomnet.config import Config, TrackingConfig  # noqa: E402
+
+# MLflow configures its loggers on import: quiet the schema-migration chatter afterwards.
+for _name in ("alembic", "mlflow.store.db.utils", "mlflow.store"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
 PACKAGES = ("doomnet-sweeps", "numpy", "mlflow", "hydra-core", "optuna", "scikit-learn")
@@ -73,9 +74,9 @@ def _store_lock(uri: str) -> Iterator[None]:
 def open_store(cfg: TrackingConfig, project_dir: Path) -> tuple[MlflowClient, str]:
     """A client on the store and the experiment's id; creates both once, closes orphan runs."""
     uri = store_uri(cfg, project_dir)
-    client = MlflowClient(tracking_uri=uri)
     with _store_lock(uri):
         try:
+            client = MlflowClient(tracking_uri=uri)  # creates a new SQLite schema: inside the lock
             experiment = client.get_experiment_by_name(cfg.experiment)
             if experiment is None:
                 db = _sqlite_path(uri)

@@ -3,11 +3,13 @@ SQLite MLflow store, real subprocesses and signals."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -133,20 +135,25 @@ def test_failed_jobs_do_not_stop_the_sweep_and_are_all_listed(project: Path) -> 
     assert "lr=2000" in message and "lr=5000" in message
 
 
-def wait_for_running_run(project: Path, timeout: float = 60) -> str:
+def wait_for_running_run(project: Path, timeout: float = 90) -> str:
+    """The id of a RUNNING run that already has val/acc points, read through a read-only
+    SQLite connection so the test never races the job creating the store."""
+    db = project / "mlruns" / "mlflow.db"
+    query = (
+        "SELECT r.run_uuid FROM runs r JOIN metrics m ON m.run_uuid = r.run_uuid "
+        "WHERE r.status = 'RUNNING' AND m.key = 'val/acc' LIMIT 1"
+    )
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if (project / "mlruns" / "mlflow.db").exists():
+        if db.exists():
             try:
-                runs = all_runs(project)
-            except Exception:  # store still being created
-                runs = []
-            running = [r for r in runs if r.info.status == "RUNNING"]
-            if running and client_for(project).get_metric_history(
-                running[0].info.run_id, "val/acc"
-            ):
-                return running[0].info.run_id
-        time.sleep(0.5)
+                with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)) as c:
+                    row = c.execute(query).fetchone()
+            except sqlite3.Error:  # tables not created yet
+                row = None
+            if row:
+                return row[0]
+        time.sleep(0.3)
     raise AssertionError("no RUNNING run with metrics appeared")
 
 

@@ -3,6 +3,7 @@ every job run to the end even when some fail, and a summary that lists every fai
 
 import contextlib
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -11,7 +12,6 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
-from hydra.errors import CompactHydraException
 from omegaconf import OmegaConf
 
 log = logging.getLogger(__name__)
@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class GridSweeperConf:
     _target_: str = "hydra_plugins.doomnet_sweeper.grid_sweeper.GridSweeper"
-    max_batch_size: Optional[int] = None  # noqa: UP045 (Hydra scans plugins before annotations resolve)
+    # Optional[...], not `X | None`: OmegaConf reads these annotations at plugin scan time.
+    max_batch_size: Optional[int] = None  # noqa: UP045
     params: Optional[dict[str, str]] = None  # noqa: UP045
 
 
@@ -29,24 +30,28 @@ ConfigStore.instance().store(
 )
 
 
-class SweepFailed(CompactHydraException):
-    """Some jobs failed; Hydra prints this message alone and exits 1."""
+class SweepFailed(SystemExit):
+    """Some jobs failed: the sweep ends with exit code 1 after one line naming each of them
+    (a SystemExit, so Hydra adds no stack-trace hint under it)."""
+
+    def __init__(self, message: str):
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        super().__init__(1)
+        self.message = message
 
 
-def job_name(overrides: list[str]) -> str:
-    from doomnet.run import run_name
-
-    return run_name(list(overrides))
-
-
-def job_row(number: int, ret: JobReturn):
+def job_row(number: int, name: str, ret: JobReturn):
     from doomnet.summary import JobRow
 
-    name = job_name(ret.overrides or [])
     if ret.status == JobStatus.COMPLETED:
         return JobRow(number, name, "COMPLETE", float(ret._return_value))
     exc = ret._return_value
     return JobRow(number, name, "FAILED", None, f"{type(exc).__name__}: {exc}")
+
+
+def swept_name(job: list[str], swept: set[str]) -> str:
+    """The part of a job's overrides that varies across the sweep: `lr=0.05 hidden=20`."""
+    return " ".join(o for o in job if o.split("=", 1)[0] in swept) or " ".join(job)
 
 
 class GridSweeper(BasicSweeper):
@@ -57,9 +62,9 @@ class GridSweeper(BasicSweeper):
         params_conf = self._parse_config()
         params_conf.extend(arguments)
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        self.overrides = self.split_arguments(
-            parser.parse_overrides(params_conf), self.max_batch_size
-        )
+        parsed = parser.parse_overrides(params_conf)
+        swept = {o.get_key_element() for o in parsed if o.is_sweep_override()}
+        self.overrides = self.split_arguments(parsed, self.max_batch_size)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
@@ -71,14 +76,19 @@ class GridSweeper(BasicSweeper):
         rows = []
         parent_run = _parent_run(tracking_cfg, project_dir, title, params_conf, sweep_dir, n_jobs)
         with parent_run as parent:
-            extra = [f"tracking.parent_run_id={parent.run_id}"] if parent else []
+            parent_id = [f"tracking.parent_run_id={parent.run_id}"] if parent else []
             number = 0
             while not self.is_done():
-                batch = [list(job) + extra for job in self.get_job_batch()]
+                jobs = [list(job) for job in self.get_job_batch()]
+                names = [swept_name(job, swept) for job in jobs]
+                batch = [
+                    [*job, *parent_id, f'tracking.run_name="{name}"']
+                    for job, name in zip(jobs, names, strict=True)
+                ]
                 self.validate_batch_is_legal(batch)
-                for ret in self.launcher.launch(batch, initial_job_idx=number):
-                    ret.overrides = [o for o in ret.overrides if o not in extra]
-                    rows.append(job_row(number, ret))
+                results = self.launcher.launch(batch, initial_job_idx=number)
+                for name, ret in zip(names, results, strict=True):
+                    rows.append(job_row(number, name, ret))
                     number += 1
             table = format_table(rows, title)
             print(table, flush=True)
