@@ -83,8 +83,8 @@ def cmd_server(args) -> int:
     artifacts = Path(args.artifacts_destination or project / "mlruns" / "served-artifacts")
     if ensure_database(backend):
         print(f"created database {backend.rsplit('/', 1)[-1]}")
-    # Create the schema once, before the server's workers open the store together.
-    tracking.open_store(TrackingConfig(uri=backend), project)
+    # Tables only: experiments are created through the server, so their artifacts are served.
+    tracking.create_schema(backend)
     artifacts.mkdir(parents=True, exist_ok=True)
     command = server_command(backend, artifacts, args.host, args.port, args.workers)
     print(f"MLflow tracking server: metadata in {backend}, artifacts in {artifacts}")

@@ -9,7 +9,9 @@ of processes that died by SIGKILL are closed as KILLED the next time the store i
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import fcntl
+import hashlib
 import logging
 import os
 import socket
@@ -19,7 +21,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from functools import cache
 from importlib import metadata
 from pathlib import Path
@@ -79,15 +81,36 @@ def open_store(cfg: TrackingConfig, project_dir: Path) -> tuple[MlflowClient, st
             client = MlflowClient(tracking_uri=uri)  # creates a new SQLite schema: inside the lock
             experiment = client.get_experiment_by_name(cfg.experiment)
             if experiment is None:
-                db = _sqlite_path(uri)
-                location = (db.parent / "artifacts" / cfg.experiment).as_uri() if db else None
-                experiment_id = client.create_experiment(cfg.experiment, location)
+                experiment_id = _create_experiment(client, uri, cfg.experiment)
             else:
                 experiment_id = experiment.experiment_id
         except MlflowException as exc:
             raise RuntimeError(f"Cannot open the MLflow store at {uri}: {exc.message}") from exc
         close_orphans(client, experiment_id)
     return client, experiment_id
+
+
+def _create_experiment(client: MlflowClient, uri: str, name: str) -> str:
+    """Create experiment `name`; artifacts beside a SQLite store, else where the server says.
+    Another worker may create it at the same moment (no file lock across machines)."""
+    db = _sqlite_path(uri)
+    location = (db.parent / "artifacts" / name).as_uri() if db else None
+    try:
+        return client.create_experiment(name, location)
+    except MlflowException:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def create_schema(uri: str) -> None:
+    """Create (or migrate) the store's tables once, before several processes open it."""
+    with _store_lock(uri):
+        try:
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        except MlflowException as exc:
+            raise RuntimeError(f"Cannot open the MLflow store at {uri}: {exc.message}") from exc
 
 
 # --- provenance --------------------------------------------------------------------------------
@@ -172,10 +195,21 @@ def environment_tags() -> dict[str, str]:
     return tags
 
 
+@cache
+def _lock_hash(project_dir: str) -> dict[str, str]:
+    """sha256 of the project's uv.lock: the exact dependency set the run was made with."""
+    try:
+        digest = hashlib.sha256((Path(project_dir) / "uv.lock").read_bytes()).hexdigest()
+    except OSError:
+        return {}
+    return {"lock.sha256": f"sha256:{digest}"}
+
+
 def provenance_tags(project_dir: Path) -> dict[str, str]:
     return {
         **environment_tags(),
         **_git(str(Path(project_dir).resolve())),
+        **_lock_hash(str(Path(project_dir).resolve())),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         **owner_tags(),
     }
@@ -290,6 +324,27 @@ def _ending(exc: BaseException | None) -> tuple[str, str | None, dict[str, str]]
     return "FAILED", message, {"error": message}
 
 
+@dataclass
+class _Link:
+    tags: dict[str, str]
+    created: list[str] = field(default_factory=list)
+
+
+_LINK: contextvars.ContextVar[_Link | None] = contextvars.ContextVar("doomnet_link", default=None)
+
+
+@contextlib.contextmanager
+def linked_runs(tags: Mapping[str, str]) -> Iterator[list[str]]:
+    """Training runs opened inside the block get `tags` (e.g. `doomnet.reproduces=<run id>`);
+    the yielded list receives the id of each run as it is created."""
+    link = _Link({k: str(v) for k, v in tags.items()})
+    token = _LINK.set(link)
+    try:
+        yield link.created
+    finally:
+        _LINK.reset(token)
+
+
 @contextlib.contextmanager
 def training_run(
     cfg: Config, *, project_dir: Path, run_name: str, tags: Mapping[str, str]
@@ -298,10 +353,13 @@ def training_run(
     close it FINISHED, FAILED (exception: reason tagged `error`) or KILLED (Ctrl-C, SIGTERM,
     pruning) — buffered metrics are written first, so a partial curve is kept."""
     client, experiment_id = open_store(cfg.tracking, project_dir)
-    run_tags = {**provenance_tags(project_dir), **tags}
+    link = _LINK.get()
+    run_tags = {**provenance_tags(project_dir), **tags, **(link.tags if link else {})}
     if cfg.tracking.parent_run_id:
         run_tags["mlflow.parentRunId"] = cfg.tracking.parent_run_id
     run = client.create_run(experiment_id, tags=run_tags, run_name=run_name)
+    if link is not None:
+        link.created.append(run.info.run_id)
     tracker = RunTracker(client, run.info.run_id, cfg.tracking.flush_every_s)
     try:
         params = [Param(k, v[:6000]) for k, v in flat_params(cfg).items()]
@@ -400,3 +458,201 @@ def ui_command(project_dir: Path, host: str = "127.0.0.1", port: int = 5000) -> 
         "--port",
         str(port),
     ]
+
+
+# --- reading runs (reports, re-runs, comparisons) ----------------------------------------------
+# `doomnet report`, `reproduce` and `compare` read the store through `Store` and get plain
+# `RunRecord`s back, so no other module needs MLflow. Opening a `Store` creates nothing: a
+# missing or broken store is a `StoreError` with a one-line message.
+
+RUN_ID_CHARS = frozenset("0123456789abcdef")
+MIN_PREFIX = 8  # shortest run-id prefix accepted (the report's tables show 8 characters)
+
+
+class StoreError(RuntimeError):
+    """A store that cannot be read, or a run or experiment that is not in it (one line)."""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One MLflow run as plain data. `metrics` holds the last logged value of each metric."""
+
+    run_id: str
+    name: str
+    experiment_id: str
+    status: str  # RUNNING, FINISHED, FAILED, KILLED, SCHEDULED
+    start_ms: int | None
+    end_ms: int | None
+    params: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.start_ms is None or self.end_ms is None:
+            return None
+        return (self.end_ms - self.start_ms) / 1000.0
+
+    @property
+    def parent_id(self) -> str | None:
+        return self.tags.get("mlflow.parentRunId")
+
+
+def looks_like_run_id(text: str) -> bool:
+    """A full (32) or abbreviated (>= 8) lower-case hex run id."""
+    return MIN_PREFIX <= len(text) <= 32 and set(text) <= RUN_ID_CHARS
+
+
+def _record(run: Any) -> RunRecord:
+    return RunRecord(
+        run_id=run.info.run_id,
+        name=run.info.run_name or run.data.tags.get("mlflow.runName", ""),
+        experiment_id=run.info.experiment_id,
+        status=run.info.status,
+        start_ms=run.info.start_time,
+        end_ms=run.info.end_time,
+        params=dict(run.data.params),
+        metrics=dict(run.data.metrics),
+        tags=dict(run.data.tags),
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    """The informative first line of a store error, without SQLAlchemy's class prefix."""
+    text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    line = next((s.strip() for s in str(text).splitlines() if s.strip()), type(exc).__name__)
+    if line.startswith("(") and ") " in line:  # "(sqlite3.DatabaseError) file is not a database"
+        line = line.split(") ", 1)[1]
+    return line[:300]
+
+
+class Store:
+    """Read access to an existing MLflow store (SQLite file, database URL or server).
+
+    Raises StoreError if the store does not exist or cannot be read; never creates one.
+    """
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        db = _sqlite_path(uri)
+        if db is not None:
+            if not db.is_file():
+                raise StoreError(f"no MLflow store at {db}: nothing has been tracked there yet")
+            if db.stat().st_size == 0:
+                raise StoreError(f"{db} is an empty file, not an MLflow store")
+        # No download progress bars on the terminal, and a dead server fails in seconds.
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+        try:
+            self.client = MlflowClient(tracking_uri=uri)
+            self.client.search_experiments(max_results=1)
+        except Exception as exc:  # SQLAlchemy, connection and MLflow errors alike
+            raise StoreError(f"cannot open the MLflow store at {uri}: {_one_line(exc)}") from exc
+
+    def _call(self, what: str, call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(f"{what}: {_one_line(exc)}") from exc
+
+    # experiments
+
+    def experiment_id(self, name: str) -> str | None:
+        """The id of the experiment called `name`, or None."""
+        found = self._call(
+            "cannot read experiments", lambda: self.client.get_experiment_by_name(name)
+        )
+        return found.experiment_id if found is not None else None
+
+    def experiment_name(self, experiment_id: str) -> str:
+        return self._call(
+            f"cannot read experiment {experiment_id}",
+            lambda: self.client.get_experiment(experiment_id).name,
+        )
+
+    def experiment_ids(self) -> list[str]:
+        """Every active experiment's id."""
+        ids, token = [], None
+        while True:
+            page = self._call(
+                "cannot list experiments",
+                lambda token=token: self.client.search_experiments(
+                    max_results=1000, page_token=token
+                ),
+            )
+            ids += [e.experiment_id for e in page]
+            token = page.token
+            if not token:
+                return ids
+
+    # runs
+
+    def run(self, run_id: str) -> RunRecord:
+        """The run with this id, or with this unique prefix of at least 8 characters."""
+        if not looks_like_run_id(run_id):
+            raise StoreError(f"{run_id!r} is not a run id (32 hex characters, or a prefix of 8+)")
+        if len(run_id) == 32:
+            try:
+                return _record(self.client.get_run(run_id))
+            except MlflowException as exc:
+                if "RESOURCE_DOES_NOT_EXIST" not in str(exc.error_code):
+                    raise StoreError(f"cannot read run {run_id}: {_one_line(exc)}") from exc
+                raise StoreError(f"no run {run_id} in {self.uri}") from exc
+        matches = [r for r in self.runs(self.experiment_ids()) if r.run_id.startswith(run_id)]
+        if not matches:
+            raise StoreError(f"no run {run_id}... in {self.uri}")
+        if len(matches) > 1:
+            ids = ", ".join(r.run_id for r in matches[:3])
+            raise StoreError(f"run id prefix {run_id} is ambiguous: {ids}")
+        return matches[0]
+
+    def runs(
+        self, experiment_ids: list[str], *, parent_run_id: str | None = None
+    ) -> list[RunRecord]:
+        """Active runs of these experiments (children of `parent_run_id` only, if given),
+        oldest first."""
+        if not experiment_ids:
+            return []
+        where = f"tags.`mlflow.parentRunId` = '{parent_run_id}'" if parent_run_id else ""
+        found, token = [], None
+        while True:
+            page = self._call(
+                "cannot search runs",
+                lambda token=token: self.client.search_runs(
+                    experiment_ids,
+                    filter_string=where,
+                    max_results=1000,
+                    order_by=["attributes.start_time ASC"],
+                    page_token=token,
+                ),
+            )
+            found += [_record(r) for r in page]
+            token = page.token
+            if not token:
+                return found
+
+    def history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        """Every logged (step, value) of metric `key`, by step."""
+        points = self._call(
+            f"cannot read metric {key} of run {run_id}",
+            lambda: self.client.get_metric_history(run_id, key),
+        )
+        return [(m.step, m.value) for m in sorted(points, key=lambda m: (m.step, m.timestamp))]
+
+    def download(self, run_id: str, artifact_path: str, dst_dir: Path) -> Path:
+        """Copy artifact `artifact_path` of the run into `dst_dir`; its local path."""
+        Path(dst_dir).mkdir(parents=True, exist_ok=True)
+        try:
+            return Path(self.client.download_artifacts(run_id, artifact_path, str(dst_dir)))
+        except Exception as exc:
+            raise StoreError(
+                f"run {run_id} has no readable artifact {artifact_path}: {_one_line(exc)}"
+            ) from exc
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        """The one write: tag an existing run (e.g. the verdict of a re-run)."""
+        batch = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
+        self._call(f"cannot tag run {run_id}", lambda: self.client.log_batch(run_id, tags=batch))
