@@ -33,10 +33,14 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
     project = Path(args.project).resolve() if args.project else find_project()
     # Create the store (schema and experiment) before the server opens it.
-    tracking.open_store(TrackingConfig(), project)
+    _, experiment_id = tracking.open_store(TrackingConfig(), project)
     command = tracking.ui_command(project, host=args.host, port=args.port)
     print(f"MLflow UI for {tracking.store_uri(TrackingConfig(), project)}")
-    print(f"open http://{args.host}:{args.port}  (Ctrl-C stops it)", flush=True)
+    print(
+        f"open http://{args.host}:{args.port}/#/experiments/{experiment_id}/runs"
+        "  (Ctrl-C stops it)",
+        flush=True,
+    )
     os.execv(command[0], command)
     return 0  # not reached: execv replaces this process
 

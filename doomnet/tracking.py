@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import fcntl
+import getpass
 import hashlib
 import logging
 import os
@@ -38,6 +39,8 @@ for _name in ("alembic", "mlflow.store.db.utils", "mlflow.store"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
+# Makes the MLflow UI open our experiments on the training-runs view, not the GenAI one.
+KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
 PACKAGES = ("doomnet-sweeps", "numpy", "mlflow", "hydra-core", "optuna", "scikit-learn")
 
 
@@ -84,6 +87,8 @@ def open_store(cfg: TrackingConfig, project_dir: Path) -> tuple[MlflowClient, st
                 experiment_id = _create_experiment(client, uri, cfg.experiment)
             else:
                 experiment_id = experiment.experiment_id
+                if KIND_TAG not in experiment.tags:
+                    client.set_experiment_tag(experiment_id, KIND_TAG, KIND)
         except MlflowException as exc:
             raise RuntimeError(f"Cannot open the MLflow store at {uri}: {exc.message}") from exc
         close_orphans(client, experiment_id)
@@ -96,7 +101,7 @@ def _create_experiment(client: MlflowClient, uri: str, name: str) -> str:
     db = _sqlite_path(uri)
     location = (db.parent / "artifacts" / name).as_uri() if db else None
     try:
-        return client.create_experiment(name, location)
+        return client.create_experiment(name, location, tags={KIND_TAG: KIND})
     except MlflowException:
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
@@ -211,6 +216,9 @@ def provenance_tags(project_dir: Path) -> dict[str, str]:
         **_git(str(Path(project_dir).resolve())),
         **_lock_hash(str(Path(project_dir).resolve())),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "mlflow.source.name": Path(sys.argv[0]).name,
+        "mlflow.source.type": "LOCAL",
+        "mlflow.user": getpass.getuser(),
         **owner_tags(),
     }
 
