@@ -135,7 +135,7 @@ def report_curves(
         for i, history in enumerate(pruned):
             label = f"pruned ({len(pruned)})" if i == 0 else None
             _plot_history(
-                ax_acc, ax_loss, history, color="0.55", alpha=0.35, lw=0.8, zorder=1, label=label
+                ax_acc, ax_loss, history, color="0.5", alpha=0.45, lw=0.8, zorder=1, label=label
             )
         colors = plt.get_cmap("tab10").colors
         for g, (label, histories) in enumerate(groups):
@@ -253,11 +253,16 @@ def objective_vs_params(
                     label="best configuration",
                     zorder=4,
                 )
-            if log and numeric:
-                ax.set_xscale("log")
             if ticks:
                 ax.set_xticks(ticks, labels, rotation=30 if max(map(len, labels)) > 6 else 0)
-            elif numeric and distinct <= 8:
+            elif log:
+                from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+                ax.set_xscale("log")
+                ax.xaxis.set_major_locator(LogLocator())
+                ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+                ax.xaxis.set_minor_formatter(NullFormatter())
+            elif distinct <= 6:  # a grid: a tick at each value
                 values = sorted(set(float(v) for v in every))
                 ax.set_xticks(values, [_label(v) for v in values])
                 ax.minorticks_off()

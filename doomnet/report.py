@@ -485,14 +485,24 @@ def _fmt_metric(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def _override_value(value: Any) -> str:
+    """A param value as Hydra reads it back: null, true/false, floats that round-trip."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "null"
+    if isinstance(value, bool | np.bool_):
+        return str(bool(value)).lower()
+    if isinstance(value, float):
+        return repr(float(value))  # np.float64 too
+    if value in ("True", "False"):
+        return value.lower()
+    return str(value)
+
+
 def rerun_command(overrides: Sequence[str] | None, params: dict[str, Any], seeds: Sequence) -> str:
     """`uv run train.py ...` for one configuration and its seeds (a multirun over seeds)."""
-    if overrides is None:  # no overrides.yaml: spell the config out
-        overrides = [f"{k}={_fmt_value(v)}" for k, v in params.items() if k != "seed"]
-        overrides = [
-            o.replace("data.name=", "data=").replace("optimizer.name=", "optimizer=")
-            for o in overrides
-        ]
+    if overrides is None:  # no overrides.yaml: spell the whole config out, exactly
+        groups = {"data.name": "data", "optimizer.name": "optimizer"}
+        overrides = [f"{groups.get(k, k)}={_override_value(v)}" for k, v in params.items()]
     kept = [
         o
         for o in overrides
