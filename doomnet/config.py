@@ -63,9 +63,10 @@ class TrackingConfig:
 class TrialConfig:
     """Handle of the Optuna trial a sweep job belongs to (set by the Optuna sweeper)."""
 
-    storage: str | None = None
+    storage: str | None = None  # a journal file path or an SQLAlchemy URL
     study_name: str | None = None
     number: int | None = None
+    threads: int | None = None  # BLAS threads while training (n_jobs trials share the cores)
 
 
 @dataclass

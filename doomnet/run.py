@@ -117,6 +117,7 @@ def run(
     model = build_model(cfg, splits.n_features, splits.n_classes)
     optimizer = build_optimizer(cfg)
     progress = None
+    trial = None  # the Optuna trial handle when this run is a trial of a study
 
     def train(extra_callbacks: tuple) -> tuple[Any, dict[str, float]]:
         nonlocal progress
@@ -132,6 +133,11 @@ def run(
             seed=cfg.seed,
             callbacks=(*extra_callbacks, *callbacks, progress),
         )
+        if trial is not None and trial.pruned_at is not None:
+            raise Pruned(
+                f"pruned by {type(trial.study.pruner).__name__} at step {trial.pruned_at}"
+                f" (val/acc {result.final['val/acc']:.4f})"
+            )
         test_loss, test_acc = model.evaluate(splits.X_test, splits.y_test)
         summary = {
             "val/best_acc": result.best_val_acc,
@@ -146,9 +152,10 @@ def run(
 
     status = "failed"  # what the progress line says if the body raises
     try:
-        with sigterm_raises():
+        with sigterm_raises(), _trial(cfg) as trial:
+            pruning = (trial,) if trial is not None else ()
             if not cfg.tracking.enabled:
-                result, summary = train(())
+                result, summary = train(pruning)
             else:
                 from doomnet import tracking
 
@@ -157,17 +164,36 @@ def run(
                     "data.checksum": splits.checksum,
                     "data.sizes": str(splits.sizes()),
                 }
+                if trial is not None:
+                    tags |= {
+                        "optuna.study": cfg.trial.study_name,
+                        "optuna.trial": str(trial.number),
+                    }
                 with tracking.training_run(
                     cfg, project_dir=project_dir, run_name=name, tags=tags
                 ) as tracker:
-                    result, summary = train((tracker,))
+                    if trial is not None:
+                        trial.attach_run(tracker.run_id)
+                    result, summary = train((tracker, *pruning))
                     tracker.log_metrics(summary, step=result.steps)
                     _log_artifacts(tracker, cfg, model, result.history, name, overrides)
         status = "stopped early" if result.stopped_early else "done"
+    except Pruned:
+        status = "pruned"
+        raise
     finally:
         if progress is not None:
             progress.close(status)
     return float(result.final["val/acc"])
+
+
+def _trial(cfg: Config) -> contextlib.AbstractContextManager:
+    """The Optuna trial this run belongs to (`doomnet.trial`, imported only for trials)."""
+    if cfg.trial.study_name is None:
+        return contextlib.nullcontext()
+    from doomnet.trial import open_trial
+
+    return open_trial(cfg.trial)
 
 
 def _log_artifacts(

@@ -1,9 +1,7 @@
 """`hydra/sweeper=doomnet_grid`: Hydra's basic grid, plus an MLflow parent run for the sweep,
 every job run to the end even when some fail, and a summary that lists every failure."""
 
-import contextlib
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -13,6 +11,14 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
+
+from hydra_plugins.doomnet_sweeper._common import (
+    SweepFailed,
+    parent_run,
+    quote,
+    swept_name,
+    tracking_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,16 +36,6 @@ ConfigStore.instance().store(
 )
 
 
-class SweepFailed(SystemExit):
-    """Some jobs failed: the sweep ends with exit code 1 after one line naming each of them
-    (a SystemExit, so Hydra adds no stack-trace hint under it)."""
-
-    def __init__(self, message: str):
-        print(f"error: {message}", file=sys.stderr, flush=True)
-        super().__init__(1)
-        self.message = message
-
-
 def job_row(number: int, name: str, ret: JobReturn):
     from doomnet.summary import JobRow
 
@@ -49,14 +45,9 @@ def job_row(number: int, name: str, ret: JobReturn):
     return JobRow(number, name, "FAILED", None, f"{type(exc).__name__}: {exc}")
 
 
-def swept_name(job: list[str], swept: set[str]) -> str:
-    """The part of a job's overrides that varies across the sweep: `lr=0.05 hidden=20`."""
-    return " ".join(o for o in job if o.split("=", 1)[0] in swept) or " ".join(job)
-
-
 class GridSweeper(BasicSweeper):
     def sweep(self, arguments: list[str]) -> Any:
-        from doomnet.config import TrackingConfig, hydra_project_dir
+        from doomnet.config import hydra_project_dir
         from doomnet.summary import format_table
 
         params_conf = self._parse_config()
@@ -69,20 +60,31 @@ class GridSweeper(BasicSweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
 
-        tracking_cfg = TrackingConfig(**OmegaConf.to_container(self.config.tracking, resolve=True))
+        tracking_cfg = tracking_config(self.config)
         project_dir = hydra_project_dir(self.config.hydra)
         n_jobs = sum(len(batch) for batch in self.overrides)
         title = f"sweep {' '.join(params_conf)}"
         rows = []
-        parent_run = _parent_run(tracking_cfg, project_dir, title, params_conf, sweep_dir, n_jobs)
-        with parent_run as parent:
+        params = {}
+        for override in params_conf:
+            key, _, value = override.partition("=")
+            params[f"sweep.{key}"] = value
+        tags = {
+            "sweep.sweeper": "doomnet_grid",
+            "sweep.dir": str(sweep_dir.resolve()),
+            "sweep.jobs": str(n_jobs),
+        }
+        with parent_run(
+            tracking_cfg, project_dir, run_name=title, params=params, tags=tags
+        ) as parent:
             parent_id = [f"tracking.parent_run_id={parent.run_id}"] if parent else []
+            named = "tracking" in self.config  # DoomNet's schema: the run name is settable
             number = 0
             while not self.is_done():
                 jobs = [list(job) for job in self.get_job_batch()]
                 names = [swept_name(job, swept) for job in jobs]
                 batch = [
-                    [*job, *parent_id, f'tracking.run_name="{name}"']
+                    [*job, *parent_id, *([f"tracking.run_name={quote(name)}"] if named else [])]
                     for job, name in zip(jobs, names, strict=True)
                 ]
                 self.validate_batch_is_legal(batch)
@@ -110,25 +112,3 @@ class GridSweeper(BasicSweeper):
                 listing = "; ".join(f"#{r.number} {r.name} ({r.reason})" for r in failed)
                 raise SweepFailed(f"{len(failed)} of {len(rows)} jobs failed: {listing}")
         return rows
-
-
-def _parent_run(tracking_cfg, project_dir, title, params_conf, sweep_dir, n_jobs):
-    if not tracking_cfg.enabled:
-        return contextlib.nullcontext()
-    from doomnet import tracking
-
-    params = {}
-    for override in params_conf:
-        key, _, value = override.partition("=")
-        params[f"sweep.{key}"] = value
-    return tracking.sweep_run(
-        tracking_cfg,
-        project_dir=project_dir,
-        run_name=title,
-        params=params,
-        tags={
-            "sweep.sweeper": "doomnet_grid",
-            "sweep.dir": str(sweep_dir.resolve()),
-            "sweep.jobs": str(n_jobs),
-        },
-    )
