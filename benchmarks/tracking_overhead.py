@@ -1,0 +1,101 @@
+"""Tracking overhead: the same run with and without MLflow, side by side, medians.
+
+A 2,000-iteration full-batch run on mnist_5k with metrics at every iteration (4 metrics, 8,000
+points), once with tracking off and once into a fresh SQLite store, alternating, in one warm
+process (imports and the store's creation are paid once before timing: a sweep pays them once
+per worker). Two figures:
+
+- whole run: `doomnet.run.run` end to end, tracked vs untracked (the tracked one also opens
+  the MLflow run, logs params, tags, the summary and the artifacts: weights, config, plot);
+- training loop: `fit` with the RunTracker callback on an open run vs `fit` alone, which is
+  what metrics-every-iteration costs while training.
+
+    uv run python -m benchmarks --only tracking
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.timing import interleaved, ratio
+from doomnet import tracking
+from doomnet.config import Config
+from doomnet.data import load_dataset
+from doomnet.fit import fit
+from doomnet.run import build_model, build_optimizer, run
+
+
+def _config(iterations: int, project: Path, tracked: bool) -> Config:
+    cfg = Config(iterations=iterations, eval_every=1, progress="none")
+    cfg.tracking.enabled = tracked
+    cfg.tracking.uri = f"sqlite:///{project / 'mlflow.db'}"
+    cfg.tracking.experiment = "benchmark"
+    return cfg
+
+
+def measure(iterations: int = 2000, rounds: int = 5) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        project = Path(tmp)
+        # Warm-up: creates the store and imports everything a tracked run touches.
+        run(_config(10, project, True), overrides=["warm-up"], project_dir=project)
+
+        def whole(tracked: bool):
+            cfg = _config(iterations, project, tracked)
+            return lambda: run(cfg, overrides=[f"tracked={tracked}"], project_dir=project)
+
+        whole_times = interleaved(
+            {"untracked": whole(False), "tracked": whole(True)}, rounds=rounds, warmup=0
+        )
+
+        cfg = _config(iterations, project, True)
+        splits = load_dataset(cfg.data.name, val_fraction=cfg.data.val_fraction, seed=cfg.seed)
+
+        def loop(tracked: bool):
+            """fit() alone, or fit() with the tracker plus closing the run (the final flush);
+            opening the run is not counted."""
+
+            def call() -> float:
+                model = build_model(cfg, splits.n_features, splits.n_classes)
+                train = {"iterations": iterations, "lr": cfg.lr, "optimizer": build_optimizer(cfg)}
+                if not tracked:
+                    start = time.perf_counter()
+                    fit(model, splits, **train)
+                    return time.perf_counter() - start
+                with contextlib.ExitStack() as stack:
+                    tracker = stack.enter_context(
+                        tracking.training_run(cfg, project_dir=project, run_name="loop", tags={})
+                    )
+                    start = time.perf_counter()
+                    fit(model, splits, callbacks=(tracker,), **train)
+                return time.perf_counter() - start
+
+            return call
+
+        loop_times = interleaved(
+            {"untracked": loop(False), "tracked": loop(True)},
+            rounds=rounds,
+            warmup=0,
+            self_timed=True,
+        )
+    return {
+        "iterations": iterations,
+        "metric_points": 4 * iterations,
+        "data": "mnist_5k (full batch)",
+        "whole_run": {
+            "untracked_s": whole_times["untracked"].median,
+            "tracked_s": whole_times["tracked"].median,
+            "overhead": ratio(whole_times, "tracked", "untracked") - 1,
+            "untracked_rounds_s": whole_times["untracked"].rounds,
+            "tracked_rounds_s": whole_times["tracked"].rounds,
+        },
+        "training_loop": {
+            "untracked_s": loop_times["untracked"].median,
+            "tracked_s": loop_times["tracked"].median,
+            "overhead": ratio(loop_times, "tracked", "untracked") - 1,
+            "untracked_rounds_s": loop_times["untracked"].rounds,
+            "tracked_rounds_s": loop_times["tracked"].rounds,
+        },
+    }
