@@ -290,16 +290,36 @@ def check_command_line(argv: list[str], config_dir: Path = CONF_DIR) -> None:
         raise ConfigError(f"Cannot parse the command line: {str(exc).splitlines()[0]}") from exc
 
     user = [o for o in parsed if not o.get_key_element().lstrip("+~").startswith("hydra")]
+    hydra_lines = [o.input_line for o in parsed if o not in user]
     choices = [(o, _sweep_values(o)) for o in user]
-    base = [f"{o.get_key_element()}={values[0]}" for o, values in choices]
-    candidates = [base]
-    for i, (o, values) in enumerate(choices):
-        for v in values[1:]:
-            candidates.append(base[:i] + [f"{o.get_key_element()}={v}"] + base[i + 1 :])
 
     configs = []
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir.resolve()), version_base="1.3"):
+        # The sweeper's own search space (`hydra.sweeper.params`, e.g. from sweeps=<name>) is
+        # checked like the command line's, which overrides it key by key.
+        base = [f"{o.get_key_element()}={values[0]}" for o, values in choices]
+        try:
+            composed = compose(
+                config_name=args.config_name or "config",
+                overrides=base + hydra_lines,
+                return_hydra_config=True,
+            )
+        except (HydraException, OmegaConfBaseException, ValueError) as exc:
+            raise ConfigError(_explain(exc, config_dir)) from exc
+        given = {o.get_key_element() for o in user}
+        for line in _sweeper_params(composed, skip=given):
+            try:
+                override = OverridesParser.create().parse_override(line)
+            except HydraException as exc:
+                first = str(exc).splitlines()[0]
+                raise ConfigError(f"Cannot parse the search space {line!r}: {first}") from exc
+            choices.append((override, _sweep_values(override)))
+        base = [f"{o.get_key_element()}={values[0]}" for o, values in choices]
+        candidates = [base]
+        for i, (o, values) in enumerate(choices):
+            for v in values[1:]:
+                candidates.append(base[:i] + [f"{o.get_key_element()}={v}"] + base[i + 1 :])
         for overrides in candidates:
             try:
                 composed = compose(config_name=args.config_name or "config", overrides=overrides)
@@ -310,6 +330,16 @@ def check_command_line(argv: list[str], config_dir: Path = CONF_DIR) -> None:
                 raise ConfigError(_explain(exc, config_dir)) from exc
     GlobalHydra.instance().clear()
     check_data(configs)
+
+
+def _sweeper_params(composed: Any, skip: set[str]) -> list[str]:
+    """`key=expression` for each entry of `hydra.sweeper.params` whose key is not in `skip`."""
+    from omegaconf import OmegaConf
+
+    params = OmegaConf.select(composed, "hydra.sweeper.params", default=None)
+    if not params:
+        return []
+    return [f"{key}={value}" for key, value in params.items() if key not in skip]
 
 
 def check_data(configs: list[Config]) -> None:

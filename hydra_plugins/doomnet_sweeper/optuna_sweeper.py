@@ -25,9 +25,7 @@ Config-compatible with the official hydra-optuna-sweeper (`sampler`, `direction`
 
 import contextlib
 import importlib.util
-import json
 import logging
-import math
 import os
 import queue
 import signal
@@ -51,20 +49,31 @@ from hydra_plugins.doomnet_sweeper._common import (
     quote,
     tracking_config,
 )
+from hydra_plugins.doomnet_sweeper._search import (
+    SAMPLERS,
+    Param,
+    SearchSpace,
+    describe,
+    described,
+    identity_difference,
+    make_param,
+    make_sampler,
+    pruner_spec,
+    render,
+    sampler_kind,
+    sampler_spec,
+)
+from hydra_plugins.doomnet_sweeper._study import (
+    Flight,
+    StudyRun,
+    dashboard_command,
+    outcome,
+    storage_label,
+)
 
 log = logging.getLogger(__name__)
 
-SAMPLERS = {
-    "tpe": "TPESampler",
-    "random": "RandomSampler",
-    "grid": "GridSampler",
-    "cmaes": "CmaEsSampler",
-    "qmc": "QMCSampler",
-}
 OFFICIAL_PLUGIN = "hydra_plugins.hydra_optuna_sweeper"
-# Task overrides that do not change what a trial computes (left out of the study's identity).
-NOT_IDENTITY = ("progress", "tracking.", "trial.")
-STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 
 
 @dataclass
@@ -103,275 +112,6 @@ def register() -> None:
 
 
 register()
-
-
-# --- the search space --------------------------------------------------------------------------
-
-
-@dataclass
-class Param:
-    """One swept key: its Optuna distribution and how its values are written as overrides."""
-
-    name: str
-    text: str  # as written: "tag(log, interval(0.001, 1))"
-    distribution: Any
-    texts: dict = field(default_factory=dict)  # categorical choice -> override text
-    grid: Optional[list] = None  # noqa: UP045  (the values a grid visits; None: an interval)
-
-    def override_text(self, value: Any) -> str:
-        if value in self.texts:
-            return self.texts[value]
-        return render(value)
-
-
-def render(value: Any) -> str:
-    """A sampled value as a Hydra override value."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if isinstance(value, int | float):
-        return repr(value)
-    return quote(str(value))
-
-
-def short(value: Any, text: str) -> str:
-    """A value for a run name: floats to 4 significant digits, the rest as written."""
-    return f"{value:.4g}" if isinstance(value, float) and not text.startswith("'") else text
-
-
-def describe(distribution: Any) -> str:
-    """A distribution in the search-space grammar: `interval(0.001, 1) log`, `choice(20, 64)`."""
-    from optuna.distributions import CategoricalDistribution
-
-    if isinstance(distribution, CategoricalDistribution):
-        return f"choice({', '.join(map(str, distribution.choices))})"
-    text = f"interval({distribution.low:g}, {distribution.high:g})"
-    if getattr(distribution, "step", None) not in (None, 1) or (
-        distribution.step == 1 and isinstance(distribution.low, float)
-    ):
-        text += f" step {distribution.step:g}"
-    if distribution.log:
-        text += " log"
-    return text
-
-
-def make_param(override: Any) -> Param:
-    """A sweep override (`lr=tag(log, interval(1e-3, 1))`) as a `Param`; ValueError if bad."""
-    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
-    from optuna.distributions import (
-        CategoricalDistribution,
-        FloatDistribution,
-        IntDistribution,
-    )
-
-    name = override.get_key_element()
-    text = override.get_value_string()
-    value = override.value()
-    if isinstance(value, IntervalSweep):
-        low, high = value.start, value.end
-        log_scale = "log" in value.tags
-        if isinstance(low, int) and isinstance(high, int):
-            return Param(name, text, IntDistribution(low, high, log=log_scale))
-        return Param(name, text, FloatDistribution(float(low), float(high), log=log_scale))
-    values = list(override.sweep_iterator())
-    texts = list(override.sweep_string_iterator())
-    if not values:
-        raise ValueError("it has no values")
-    if isinstance(value, RangeSweep) and not value.shuffle:
-        step = abs(value.step)
-        low, high = min(values), max(values)
-        if all(isinstance(v, int) for v in values):
-            distribution = IntDistribution(low, high, step=step)
-        else:
-            distribution = FloatDistribution(float(low), float(high), step=float(step))
-        return Param(name, text, distribution, grid=values)
-    if isinstance(value, ChoiceSweep | RangeSweep):  # choice(...), shuffle(range(...))
-        choices = []
-        mapping = {}
-        for v, t in zip(values, texts, strict=True):
-            choice = v if isinstance(v, str | int | float | bool) else t  # lists, dicts: text
-            if choice in mapping:
-                continue
-            mapping[choice] = t
-            choices.append(choice)
-        return Param(name, text, CategoricalDistribution(choices), texts=mapping, grid=choices)
-    raise ValueError(f"{type(value).__name__} is not a search space Optuna can sample")
-
-
-@dataclass
-class SearchSpace:
-    params: dict  # name -> Param
-    fixed: list  # the non-sweep overrides every job gets, as written
-
-    def distributions(self) -> dict:
-        return {name: p.distribution for name, p in self.params.items()}
-
-    def overrides(self, values: dict) -> list[str]:
-        out = []
-        for name, value in values.items():
-            param = self.params.get(name)
-            out.append(f"{name}={param.override_text(value) if param else render(value)}")
-        return out
-
-    def run_name(self, values: dict) -> str:
-        parts = []
-        for name, value in values.items():
-            param = self.params.get(name)
-            text = param.override_text(value) if param else render(value)
-            parts.append(f"{name}={short(value, text)}")
-        return " ".join(parts)
-
-    def identity(self) -> dict:
-        """What a resumed study must agree on: the distributions and the fixed overrides."""
-        from optuna.distributions import distribution_to_json
-
-        fixed = sorted(o for o in self.fixed if not o.lstrip("+~").startswith(NOT_IDENTITY))
-        space = {name: distribution_to_json(p.distribution) for name, p in self.params.items()}
-        return {"space": space, "fixed": fixed}
-
-    def grid_size(self) -> int:
-        return math.prod(len(p.grid) for p in self.params.values())
-
-
-def identity_difference(old: dict, new: dict) -> str:
-    """How two study identities differ, in words (empty if they do not)."""
-    from optuna.distributions import json_to_distribution
-
-    changes = []
-    old_space, new_space = old.get("space", {}), new.get("space", {})
-    for name in sorted(set(old_space) | set(new_space)):
-        if name not in new_space:
-            changes.append(f"{name} was searched, now is not")
-        elif name not in old_space:
-            changes.append(f"{name} is new")
-        elif json_to_distribution(old_space[name]) != json_to_distribution(new_space[name]):
-            before = describe(json_to_distribution(old_space[name]))
-            after = describe(json_to_distribution(new_space[name]))
-            changes.append(f"{name} was {before}, now {after}")
-    old_fixed, new_fixed = set(old.get("fixed", [])), set(new.get("fixed", []))
-    if old_fixed != new_fixed:
-        gone = ", ".join(sorted(old_fixed - new_fixed)) or "nothing"
-        added = ", ".join(sorted(new_fixed - old_fixed)) or "nothing"
-        changes.append(f"fixed overrides {gone} replaced by {added}")
-    return "; ".join(changes)
-
-
-# --- samplers ----------------------------------------------------------------------------------
-
-
-def sampler_spec(spec: Any) -> dict:
-    """The sampler config as a dict with `_target_`: a name, {name: ...} or {_target_: ...}."""
-    if isinstance(spec, DictConfig):
-        spec = OmegaConf.to_container(spec, resolve=True)
-    if isinstance(spec, str):
-        spec = {"name": spec}
-    if not isinstance(spec, dict):
-        raise ValueError(f"sampler must be a name or a mapping, got {spec!r}")
-    spec = dict(spec)
-    if "_target_" not in spec:
-        name = str(spec.pop("name", "tpe")).lower()
-        if name not in SAMPLERS:
-            raise ValueError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")
-        spec["_target_"] = f"optuna.samplers.{SAMPLERS[name]}"
-    else:
-        spec.pop("name", None)
-    return spec
-
-
-def sampler_kind(spec: dict) -> Optional[str]:  # noqa: UP045
-    """Which of the known samplers a spec builds (None: another class)."""
-    cls = spec["_target_"].rsplit(".", 1)[-1]
-    return next((name for name, known in SAMPLERS.items() if known == cls), None)
-
-
-def make_sampler(spec: dict, space: SearchSpace, *, seed: Optional[int], n_jobs: int):  # noqa: UP045
-    """Build the sampler: the sweeper's seed unless the spec sets one, the grid from the search
-    space, constant liar for parallel TPE, no warning per trial for CMA-ES's categoricals."""
-    import optuna
-    from hydra.utils import instantiate
-
-    kind = sampler_kind(spec)
-    spec = dict(spec)
-    if spec.get("seed") is None and seed is not None:
-        spec["seed"] = seed
-    if kind == "grid" and spec.get("search_space") is None:
-        spec["search_space"] = {name: p.grid for name, p in space.params.items()}
-    if kind == "tpe" and n_jobs > 1:
-        spec.setdefault("constant_liar", True)
-    if kind == "cmaes":
-        spec.setdefault("warn_independent_sampling", False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = instantiate(spec, _convert_="all")
-    if not isinstance(sampler, optuna.samplers.BaseSampler):
-        raise ValueError(f"{spec['_target_']} is not an Optuna sampler")
-    return sampler
-
-
-def pruner_spec(spec: Any) -> Optional[dict]:  # noqa: UP045
-    from doomnet.trial import pruner_name
-
-    if isinstance(spec, DictConfig):
-        spec = OmegaConf.to_container(spec, resolve=True)
-    if spec is None:
-        return None
-    if isinstance(spec, str):
-        spec = {"name": spec}
-    if not isinstance(spec, dict):
-        raise ValueError(f"pruner must be a name or a mapping, got {spec!r}")
-    spec = dict(spec)
-    if "_target_" not in spec:
-        spec["name"] = pruner_name(spec)
-        if spec["name"] == "none":
-            return None
-    return spec
-
-
-def described(obj: Any, spec: dict) -> str:
-    """`TPESampler(seed=3)`: the class and the settings the spec gave it."""
-    shown = {k: v for k, v in spec.items() if k not in ("_target_", "name", "search_space") and v}
-    return f"{type(obj).__name__}({', '.join(f'{k}={v}' for k, v in shown.items())})"
-
-
-# --- how a job ended ---------------------------------------------------------------------------
-
-
-def outcome(result: Any) -> tuple[str, Optional[float], str]:  # noqa: UP045
-    """(state, value, reason) of a job: a `JobReturn`, or the exception its launch raised."""
-    from hydra.core.utils import JobStatus
-
-    if isinstance(result, BaseException):  # the launcher itself failed, e.g. a worker died
-        message = " ".join(str(result).split())[:500]
-        return "FAIL", None, f"the job's process failed: {type(result).__name__}: {message}"
-    if result.status == JobStatus.COMPLETED:
-        value = result._return_value
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return "FAIL", None, f"the objective must be a number, got {value!r}"
-        if not math.isfinite(value):
-            return "FAIL", None, f"the objective is {value}"
-        return "COMPLETE", float(value), ""
-    exc = result._return_value
-    reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:1000]
-    if getattr(exc, "run_tags", {}).get("optuna.state") == "PRUNED" or _is_trial_pruned(exc):
-        return "PRUNED", None, str(exc)
-    return "FAIL", None, reason
-
-
-def _is_trial_pruned(exc: BaseException) -> bool:
-    import optuna
-
-    return isinstance(exc, optuna.TrialPruned)
-
-
-@dataclass
-class Flight:
-    """A trial the sweeper asked for and launched."""
-
-    number: int
-    trial_id: int
-    name: str
-    overrides: list
 
 
 # --- the sweeper -------------------------------------------------------------------------------
@@ -548,7 +288,7 @@ class OptunaSweeper(Sweeper):
         if seed is not None and kind != "qmc":  # a resumed sampler must not redraw old points
             seed = int(seed) + n_before
         try:
-            sampler = make_sampler(s_spec, space, seed=seed, n_jobs=n_jobs)
+            sampler, s_spec = make_sampler(s_spec, space, seed=seed, n_jobs=n_jobs)
         except Exception as exc:
             raise SweepConfigError(f"bad sampler: {str(exc).splitlines()[0]}") from exc
 
@@ -568,7 +308,7 @@ class OptunaSweeper(Sweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
 
-        ctx = _Context(
+        ctx = StudyRun(
             study=study,
             space=space,
             extend=extend,
@@ -657,7 +397,7 @@ class OptunaSweeper(Sweeper):
                 return _Entered(cm, value)
         return parent_run(tracking_cfg, project_dir, run_name=title, params=params, tags=tags)
 
-    def _task_overrides(self, ctx: "_Context") -> list[str]:
+    def _task_overrides(self, ctx: StudyRun) -> list[str]:
         """What every job gets besides its parameters: the trial handle and the parent run,
         for a task that has these sections (DoomNet's; any other Hydra app gets neither)."""
         out = []
@@ -683,7 +423,7 @@ class OptunaSweeper(Sweeper):
 
     # --- trials ---
 
-    def _run_trials(self, ctx: "_Context") -> Optional[str]:  # noqa: UP045
+    def _run_trials(self, ctx: StudyRun) -> Optional[str]:  # noqa: UP045
         """Ask, launch and tell until the study has its trials; the reason if it stopped."""
         asynchronous = ctx.n_jobs > 1 and self.conf.get("keep_busy", True)
         asynchronous = asynchronous and not self._in_process()
@@ -729,7 +469,7 @@ class OptunaSweeper(Sweeper):
                 self._abandon(ctx, in_flight, results, exc)
             raise
 
-    def _ask(self, ctx: "_Context") -> Flight:
+    def _ask(self, ctx: StudyRun) -> Flight:
         from doomnet.trial import SWEEPER_PREFIX, owner_attrs
 
         trial = ctx.study.ask(fixed_distributions=ctx.space.distributions())
@@ -764,11 +504,11 @@ class OptunaSweeper(Sweeper):
 
         threading.Thread(target=target, name=f"trial-{flight.number}", daemon=True).start()
 
-    def _finish(self, ctx: "_Context", flight: Flight, result: Any) -> None:
+    def _finish(self, ctx: StudyRun, flight: Flight, result: Any) -> None:
         state, value, reason = outcome(result)
         ctx.tell(flight, state, value, reason)
 
-    def _abandon(self, ctx: "_Context", in_flight: dict, results: queue.Queue, exc: BaseException):
+    def _abandon(self, ctx: StudyRun, in_flight: dict, results: queue.Queue, exc: BaseException):
         """The sweep was interrupted: stop the jobs, tell what finished, fail and requeue the
         rest, so nothing stays RUNNING and a resume tries them again."""
         if isinstance(exc, KeyboardInterrupt):
@@ -798,7 +538,7 @@ class OptunaSweeper(Sweeper):
             ctx.requeue(flight, reason)
         in_flight.clear()
 
-    def _fail_orphans(self, ctx: "_Context") -> None:
+    def _fail_orphans(self, ctx: StudyRun) -> None:
         """Fail and requeue the trials a dead sweep left RUNNING (pids on this host, heartbeat
         elsewhere; Optuna's own heartbeat check on an RDB storage)."""
         import optuna
@@ -839,223 +579,6 @@ class _Entered:
         return self.cm.__exit__(*exc)
 
 
-class _Context:
-    """One sweep's study and bookkeeping: what may be asked, telling, retrying, MLflow."""
-
-    def __init__(self, **settings: Any) -> None:
-        self.study = settings["study"]
-        self.space: SearchSpace = settings["space"]
-        self.extend = settings["extend"]
-        self.storage_str: str = settings["storage_str"]
-        self.label: str = settings["label"]
-        self.n_trials: int = settings["n_trials"]
-        self.n_jobs: int = settings["n_jobs"]
-        self.max_failures: int = settings["max_failures"]
-        self.grid: bool = settings["grid"]
-        self.grace_s: int = settings["grace_s"]
-        self.heartbeat_s: int = settings["heartbeat_s"]
-        self.direction: str = settings["direction"]
-        self.parent = None  # the MLflow parent run (doomnet.tracking.SweepRun) or None
-        self.task_overrides: list[str] = []
-        self.best_number: Optional[int] = None  # noqa: UP045
-
-    @property
-    def storage(self) -> Any:
-        return self.study._storage
-
-    def trials(self, *states: str) -> list:
-        import optuna
-
-        wanted = tuple(optuna.trial.TrialState[s] for s in states) or None
-        return self.study.get_trials(deepcopy=False, states=wanted)
-
-    def counts(self) -> dict[str, int]:
-        counts = dict.fromkeys(STATES, 0)
-        for trial in self.trials():
-            counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
-        return counts
-
-    def room(self) -> int:
-        """How many more trials may be asked for now: the budget of `n_trials` COMPLETE +
-        PRUNED minus those running (any sweeper's); for a grid, also the points not started."""
-        trials = self.trials()
-        states = [t.state.name for t in trials]
-        done = states.count("COMPLETE") + states.count("PRUNED")
-        budget = self.n_trials - done - states.count("RUNNING")
-        if self.grid:
-            names = list(self.space.params)
-            taken = {tuple(t.params.get(n) for n in names) for t in trials if t.params}
-            untaken = self.space.grid_size() - len(taken)
-            budget = min(budget, states.count("WAITING") + max(untaken, 0))
-        return max(budget, 0)
-
-    def failure_stop(self) -> Optional[str]:  # noqa: UP045
-        """Why the study must stop asking (`max_failures` FAIL trials, retried ones not
-        counted), or None."""
-        trials = self.trials()
-        retried = set()
-        for trial in trials:
-            retried.update(trial.system_attrs.get("retry_history", []))
-        failed = [t for t in trials if t.state.name == "FAIL" and t.number not in retried]
-        if len(failed) >= self.max_failures:
-            return f"{len(failed)} trials failed (max_failures={self.max_failures})"
-        return None
-
-    def tell(self, flight: Flight, state: str, value: Optional[float], reason: str) -> None:  # noqa: UP045
-        import optuna
-
-        finished = optuna.trial.TrialState[state]
-        try:
-            if state == "FAIL":
-                self.storage.set_trial_user_attr(flight.trial_id, "fail_reason", reason)
-            self.study.tell(
-                flight.number,
-                value if state == "COMPLETE" else None,
-                state=finished,
-                skip_if_finished=True,
-            )
-        except optuna.exceptions.UpdateFinishedTrialError:
-            log.warning("#%d was already finished by another process", flight.number)
-            return
-        shown = f"{value:.4f}" if value is not None else reason
-        log.info("#%d %s: %s %s", flight.number, flight.name, state, shown)
-        self.update_child(flight.trial_id, state, reason)
-        self.update_parent()
-
-    def requeue(self, flight: Flight, reason: str, *, killed: bool = True) -> None:
-        """Fail a RUNNING trial that did not get to finish (interrupted, or its process died)
-        and queue its parameters to be tried again."""
-        import optuna
-
-        frozen = self.storage.get_trial(flight.trial_id)
-        if frozen.state != optuna.trial.TrialState.RUNNING:
-            return
-        try:
-            self.storage.set_trial_user_attr(flight.trial_id, "fail_reason", reason)
-            self.study.tell(flight.number, state=optuna.trial.TrialState.FAIL)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            return  # another process finished it meanwhile
-        self.enqueue_retry(self.storage.get_trial(flight.trial_id))
-        self.update_child(flight.trial_id, "FAIL", reason, killed=killed)
-
-    def requeue_failed(self, trial: Any, reason: str) -> None:
-        """A trial Optuna already failed (stale heartbeat, RDB storage): retry it."""
-        self.enqueue_retry(trial)
-        self.update_child(trial._trial_id, "FAIL", reason)
-
-    def enqueue_retry(self, failed: Any) -> None:
-        """A WAITING copy of `failed` (its parameters, its grid point), Optuna's retry style:
-        `failed_trial` and `retry_history` say which trials it repeats."""
-        import optuna
-
-        attrs = {k: v for k, v in failed.system_attrs.items() if not k.startswith("doomnet.")}
-        attrs["failed_trial"] = attrs.get("failed_trial", failed.number)
-        attrs["retry_history"] = [*attrs.get("retry_history", []), failed.number]
-        attrs["fixed_params"] = dict(failed.params)
-        self.study.add_trial(
-            optuna.trial.create_trial(
-                state=optuna.trial.TrialState.WAITING,
-                params=failed.params,
-                distributions=failed.distributions,
-                user_attrs={"run_name": failed.user_attrs.get("run_name", "")},
-                system_attrs=attrs,
-            )
-        )
-
-    def heartbeat(self, flights: Any) -> None:
-        """Signs of life for the trials this sweep launched (their jobs add their own)."""
-        import optuna
-
-        from doomnet.trial import record_heartbeat
-
-        for flight in list(flights):
-            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-                record_heartbeat(self.storage, flight.trial_id)
-
-    def job_pid(self, flight: Flight) -> Optional[int]:  # noqa: UP045
-        """The pid of the process running `flight`'s job, if it is on this host."""
-        from doomnet.trial import JOB_PREFIX
-
-        job = self.storage.get_trial_system_attrs(flight.trial_id).get(JOB_PREFIX) or {}
-        if job.get("host") == socket.gethostname() and job.get("pid"):
-            return int(job["pid"])
-        return None
-
-    def update_child(self, trial_id: int, state: str, reason: str, *, killed: bool = False):
-        """Tag the trial's MLflow run with its state; a FAIL ends the run FAILED with the
-        reason (KILLED if it was interrupted), e.g. a finished run whose objective is NaN."""
-        from doomnet.trial import RUN_ID_ATTR
-
-        if self.parent is None:
-            return
-        run_id = self.storage.get_trial(trial_id).user_attrs.get(RUN_ID_ATTR)
-        if not run_id:
-            return
-        client = self.parent.client  # doomnet.tracking's client: this module imports no MLflow
-        try:
-            client.set_tag(run_id, "optuna.state", state)
-            if state != "FAIL":
-                return
-            status = client.get_run(run_id).info.status
-            if killed and status != "RUNNING":
-                return  # the job closed its own run (KILLED) when it was interrupted
-            if status != "FAILED":
-                client.set_tag(run_id, "doomnet.end_reason", reason[:5000])
-                if not killed:
-                    client.set_tag(run_id, "error", reason[:5000])
-                client.set_terminated(run_id, "KILLED" if killed else "FAILED")
-        except Exception as exc:  # MLflow trouble must not stop the study
-            log.warning("could not update MLflow run %s: %s", run_id, exc)
-
-    def update_parent(self) -> None:
-        """The parent run's counts and best trial so far."""
-        from doomnet.trial import RUN_ID_ATTR
-
-        if self.parent is None:
-            return
-        counts = self.counts()
-        metrics = {
-            "sweep/complete": counts["COMPLETE"],
-            "sweep/pruned": counts["PRUNED"],
-            "sweep/failed": counts["FAIL"],
-        }
-        try:
-            best = self.study.best_trial
-        except ValueError:  # no COMPLETE trial yet
-            best = None
-        try:
-            if best is not None:
-                metrics["sweep/best_value"] = best.value
-                if best.number != self.best_number:
-                    self.best_number = best.number
-                    self.parent.set_tags(
-                        {
-                            "optuna.best_trial": best.number,
-                            "optuna.best_value": f"{best.value:.6g}",
-                            "optuna.best_params": json.dumps(best.params),
-                            "optuna.best_run_id": best.user_attrs.get(RUN_ID_ATTR, ""),
-                            "optuna.best_run_name": best.user_attrs.get("run_name", ""),
-                        }
-                    )
-            finished = counts["COMPLETE"] + counts["PRUNED"] + counts["FAIL"]
-            self.parent.log_metrics(metrics, step=finished)
-        except Exception as exc:
-            log.warning("could not update the MLflow parent run: %s", exc)
-
-    def rows(self) -> list:
-        from doomnet.summary import JobRow
-
-        rows = []
-        for trial in self.trials():
-            attrs = trial.user_attrs
-            value = trial.value if trial.state.name == "COMPLETE" else None
-            reason = attrs.get("fail_reason", "") if trial.state.name == "FAIL" else ""
-            rows.append(
-                JobRow(trial.number, attrs.get("run_name", ""), trial.state.name, value, reason)
-            )
-        return rows
-
-
 @contextlib.contextmanager
 def _signals_deferred():
     """Ignore Ctrl-C and SIGTERM while the sweep cleans up (main thread only)."""
@@ -1068,29 +591,3 @@ def _signals_deferred():
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-
-
-def storage_label(storage: str, project_dir: Path) -> str:
-    """The storage for people: a journal path relative to the project, a URL without password."""
-    from doomnet.trial import is_url
-
-    if is_url(storage):
-        with contextlib.suppress(Exception):
-            from sqlalchemy.engine import make_url
-
-            return make_url(storage).render_as_string(hide_password=True)
-        return storage.split("@")[-1]
-    path = Path(storage)
-    with contextlib.suppress(ValueError):
-        return str(path.relative_to(Path(project_dir).resolve()))
-    return str(path)
-
-
-def dashboard_command(storage: str) -> str:
-    from doomnet.trial import is_url
-
-    if is_url(storage):
-        from sqlalchemy.engine import make_url
-
-        return f"optuna-dashboard '{make_url(storage).render_as_string(hide_password=True)}'"
-    return f"optuna-dashboard {storage}"
