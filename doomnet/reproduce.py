@@ -8,7 +8,9 @@ The verdict is "identical" or the first metric or tensor that differs, and by ho
 What a bit-identical re-run depends on (each is recorded on every run and checked here):
 
 - the same data: the source data's checksum (`data.checksum`) is checked before anything runs;
-- the same code: the git commit (`git.commit`, `git.dirty`);
+- the same code: the git commit (`git.commit`, `git.dirty`) and, with or without git, a hash
+  of the training code's source (`code.sha256`: doomnet's model, optim, fit, data, run and
+  config modules);
 - the same numerical libraries: NumPy and the BLAS it calls (`version.numpy`, `blas.library`),
   the CPU kernels BLAS picks (`blas.architecture`) and its thread count (`blas.threads`, set
   with OMP_NUM_THREADS / OPENBLAS_NUM_THREADS): a matrix product summed in another order or
@@ -21,6 +23,7 @@ A difference in any of these is printed as a warning before the run; the compari
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import tempfile
@@ -83,6 +86,11 @@ def environment_warnings(original: dict[str, str], now: dict[str, str]) -> list[
                 f"{key} is {now[key]} here but was {original[key]} for the original run: "
                 "results may differ in the last bits"
             )
+    if original.get("code.sha256") and original["code.sha256"] != now.get("code.sha256"):
+        warnings.append(
+            "the training code (doomnet's model, optim, fit, data, run, config) differs "
+            "from the original run's (code.sha256): results may differ"
+        )
     was, is_ = original.get("git.commit"), now.get("git.commit")
     if was and is_ and was != is_:
         warnings.append(f"the code is at commit {is_[:12]}, the original ran at {was[:12]}")
@@ -151,15 +159,13 @@ def reproduce(
     *,
     project_dir: Path,
     atol: float = 0.0,
-    say: Callable[[str], None] = print,
+    say: Callable[[str], None] = lambda line: print(line, flush=True),
     warn: Callable[[str], None] = lambda line: print(f"warning: {line}", file=sys.stderr),
 ) -> Verdict:
     """Re-run `run_id` from its stored config and compare. Raises ReproduceError/StoreError
     (one line) before any new run exists if the run cannot be re-run."""
-    from doomnet import tracking
-    from doomnet.config import TrialConfig, validate
+    from doomnet.config import validate
     from doomnet.data import dataset_checksum
-    from doomnet.run import run as train_run
 
     original = store.run(run_id)
     run_id = original.run_id
@@ -173,10 +179,8 @@ def reproduce(
         )
     with tempfile.TemporaryDirectory(prefix="doomnet-reproduce-") as tmp_name:
         tmp = Path(tmp_name)
-        cfg = _config(store, original, tmp)
-        validate(cfg)
+        cfg = validate(_config(store, original, tmp))
         old_weights = _weights(store, run_id, tmp / "original")
-
         recorded = original.tags.get("data.checksum")
         try:
             local = dataset_checksum(cfg.data.name, cfg.data.root, download=True)
@@ -187,39 +191,62 @@ def reproduce(
                 f"data checksum mismatch for {cfg.data.name}: run {run_id[:8]} used "
                 f"{recorded[:23]}…, the data here is {local[:23]}…; not re-running"
             )
-        now = {**tracking.environment_tags(), **tracking.provenance_tags(project_dir)}
-        for line in environment_warnings(original.tags, now):
-            warn(line)
-
-        cfg.tracking.enabled = True
-        cfg.tracking.uri = store.uri
-        cfg.tracking.experiment = store.experiment_name(original.experiment_id)
-        cfg.tracking.parent_run_id = None  # not a member of the original sweep
-        cfg.tracking.run_name = f"reproduce {original.name or run_id[:8]}"
-        cfg.tracking.log_weights = True
-        cfg.trial = TrialConfig()  # no Optuna trial: never report to the original study
-        cfg.progress = "none"
-        say(
-            f"re-running {run_id[:8]} ({original.name}) from its stored config: "
-            f"{cfg.iterations} iterations on {cfg.data.name}, seed {cfg.seed}, "
-            f"data checksum matches"
-        )
-        with tracking.linked_runs({"doomnet.reproduces": run_id}) as created:
-            train_run(cfg, overrides=_overrides(store, original, tmp), project_dir=project_dir)
-        new_id = created[-1]
+        if not recorded:
+            warn(f"run {run_id[:8]} recorded no data checksum: the data could not be checked")
+        # A sweep job may have trained with fewer BLAS threads (trial.threads): so does the
+        # re-run, and the environment is read (and recorded) under that limit.
+        with _blas_threads(getattr(cfg.trial, "threads", None)):
+            new_id = _rerun(store, original, cfg, tmp, project_dir, say, warn)
         new = store.run(new_id)
         difference = first_metric_difference(original.metrics, new.metrics, atol)
         n_metrics = sum(1 for k in original.metrics if not k.startswith(NOT_COMPARED))
         if difference is None:
             new_weights = _weights(store, new_id, tmp / "new")
             difference = first_tensor_difference(old_weights, new_weights, atol)
-        exact = "bit for bit" if atol == 0 else f"within {atol:g}"
-        if difference is None:
-            message = (
-                f"identical: {n_metrics} final metrics and {len(old_weights)} weight tensors "
-                f"match {exact} (new run {new_id})"
-            )
-        else:
-            message = f"differs: {difference} (new run {new_id})"
-        store.set_tags(new_id, {"doomnet.reproduce.result": message.split(" (new run")[0]})
-        return Verdict(difference is None, message, new_id, n_metrics + len(old_weights))
+    compared = f"{n_metrics} final metrics and {len(old_weights)} weight tensors"
+    if difference is None and atol == 0:
+        verdict = f"identical: {compared} match bit for bit"
+    elif difference is None:
+        verdict = f"within tolerance: {compared} agree within {atol:g}"
+    else:
+        verdict = f"differs: {difference}"
+    store.set_tags(new_id, {"doomnet.reproduce.result": verdict})
+    return Verdict(
+        difference is None, f"{verdict} (new run {new_id})", new_id, n_metrics + len(old_weights)
+    )
+
+
+def _blas_threads(threads: int | None) -> contextlib.AbstractContextManager:
+    if not threads:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=threads, user_api="blas")
+
+
+def _rerun(store: Store, original: RunRecord, cfg, tmp: Path, project_dir: Path, say, warn) -> str:
+    """Warn about environment differences, train `cfg` again as a new run in the original's
+    experiment (no parent, no Optuna trial) linked by `doomnet.reproduces`; its id."""
+    from doomnet import tracking
+    from doomnet.config import TrialConfig
+    from doomnet.run import run as train_run
+
+    now = {**tracking.environment_tags(), **tracking.provenance_tags(project_dir)}
+    for line in environment_warnings(original.tags, now):
+        warn(line)
+    cfg.tracking.enabled = True
+    cfg.tracking.uri = store.uri
+    cfg.tracking.experiment = store.experiment_name(original.experiment_id)
+    cfg.tracking.parent_run_id = None  # not a member of the original sweep
+    cfg.tracking.run_name = f"reproduce {original.name or original.run_id[:8]}"
+    cfg.tracking.log_weights = True
+    cfg.trial = TrialConfig()  # never report to the original study
+    cfg.progress = "none"
+    say(
+        f"re-running {original.run_id[:8]} ({original.name}) from its stored config: "
+        f"{cfg.iterations} iterations on {cfg.data.name}, seed {cfg.seed}"
+        + (", data checksum matches" if original.tags.get("data.checksum") else "")
+    )
+    with tracking.linked_runs({"doomnet.reproduces": original.run_id}) as created:
+        train_run(cfg, overrides=_overrides(store, original, tmp), project_dir=project_dir)
+    return created[-1]

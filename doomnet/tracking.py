@@ -182,10 +182,27 @@ def _git(project_dir: str) -> dict[str, str]:
     return {"mlflow.source.git.commit": commit, "git.commit": commit, "git.dirty": str(dirty)}
 
 
+# The modules whose code decides a run's numbers (reports, CLI and tracking do not).
+TRAINING_CODE = ("config.py", "data.py", "fit.py", "model.py", "optim.py", "run.py")
+
+
+def code_hash() -> str:
+    """sha256 over the source of the training code (TRAINING_CODE): tells whether two runs
+    trained with the same code, with or without git."""
+    digest = hashlib.sha256()
+    package = Path(__file__).resolve().parent
+    for name in TRAINING_CODE:
+        digest.update(name.encode() + b"\0" + (package / name).read_bytes() + b"\0")
+    return f"sha256:{digest.hexdigest()}"
+
+
 @cache
 def environment_tags() -> dict[str, str]:
-    """Package versions, Python, host and BLAS: what a bit-identical re-run depends on."""
+    """Package versions, Python, host, BLAS and the code's hash: what a bit-identical re-run
+    depends on."""
     tags = {"python": sys.version.split()[0], "host": socket.gethostname()}
+    with contextlib.suppress(OSError):
+        tags["code.sha256"] = code_hash()
     for package in PACKAGES:
         with contextlib.suppress(metadata.PackageNotFoundError):
             tags[f"version.{package}"] = metadata.version(package)

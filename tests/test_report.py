@@ -42,11 +42,13 @@ def env() -> dict[str, str]:
     return out
 
 
-def doomnet(project: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """`python -m doomnet ARGS --project PROJECT`, from inside the project."""
+def doomnet(
+    project: Path, *args: str, cwd: Path | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """`python -m doomnet ARGS --project PROJECT`, from inside the project (or `cwd`)."""
     return subprocess.run(
         [sys.executable, "-m", "doomnet", *args, "--project", str(project)],
-        cwd=project,
+        cwd=cwd or project,
         env=env(),
         capture_output=True,
         text=True,
@@ -423,17 +425,18 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
         "hidden": CategoricalDistribution([16, 32]),
     }
     tracking_cfg = TrackingConfig(uri=uri, experiment="studies")
-    tags = {
-        "optuna.study_name": "lr_hidden",
-        "optuna.storage": str(journal),
-        "optuna.sampler": "TPESampler",
-        "optuna.pruner": "MedianPruner",
-        "optuna.n_trials": str(len(TRIALS)),
+    tags = {  # what the Optuna sweeper records on a study's parent run
+        "sweep.sweeper": "optuna",
+        "optuna.study": "lr_hidden",
+        "optuna.storage": "mlruns/optuna.journal",  # relative to the project
+        "optuna.sampler": "TPESampler(seed=0)",
+        "optuna.pruner": "MedianPruner(n_startup_trials=2)",
+        "optuna.n_trials": "6",  # complete + pruned
     }
     with tracking.sweep_run(
         tracking_cfg, project_dir=project, run_name="study lr_hidden", params={}, tags=tags
     ) as parent:
-        study.set_user_attr("mlflow_parent_run_id", parent.run_id)
+        study.set_user_attr("mlflow.parent_run_id", parent.run_id)
         for lr, hidden, ending in TRIALS:
             study.enqueue_trial({"lr": lr, "hidden": hidden})
             trial = study.ask(space)
@@ -463,15 +466,20 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
                     raise RuntimeError("boom: simulated crash")
 
             overrides = [f"lr={lr}", f"hidden={hidden}", "data=digits"]
-            with tracking.linked_runs({"optuna.trial": str(trial.number)}):
+            # runs name their trial by a tag, trials their run by a user attr: odd trials
+            # have only the latter, so the report must read both
+            link = {"optuna.trial": str(trial.number)} if trial.number % 2 == 0 else {}
+            with tracking.linked_runs(link) as created:
                 try:
                     value = run(cfg, overrides=overrides, project_dir=project, callbacks=(stop,))
                 except Pruned:
-                    study.tell(trial, state=TrialState.PRUNED)
+                    state, value = TrialState.PRUNED, None
                 except RuntimeError:
-                    study.tell(trial, state=TrialState.FAIL)
+                    state, value = TrialState.FAIL, None
                 else:
-                    study.tell(trial, value)
+                    state = TrialState.COMPLETE
+            trial.set_user_attr("mlflow.run_id", created[0])
+            study.tell(trial, value, state=state)
     return project, parent.run_id
 
 
@@ -509,8 +517,9 @@ def test_report_of_a_study_counts_pruned_and_failed_trials(study: tuple[Path, st
     md = (folder / "report.md").read_text()
     assert "7 training runs: 4 finished, 2 pruned, 1 failed." in md
     assert "Optuna study `lr_hidden`: 8 trials, 4 complete, 2 pruned, 2 fail." in md
-    assert "Optuna (TPESampler sampler with a budget of 8 trials)" in md
-    assert "MedianPruner pruner" in md and "(2 pruned runs)" in md
+    assert "Optuna's `TPESampler(seed=0)` with a budget of 6 complete or pruned trials" in md
+    assert "stopped by Optuna's `MedianPruner(n_startup_trials=2)`" in md
+    assert "(2 pruned runs)" in md and "Each configuration ran once" in md
     assert "lr log-uniform on [0.001, 1]" in md and "hidden ∈ {16, 32}" in md
     assert "the 2 pruned runs in faint grey" in md
     assert "Swept: `hidden`, `lr` (log);" in md  # log from the study's distribution
@@ -525,7 +534,8 @@ def test_report_of_a_study_counts_pruned_and_failed_trials(study: tuple[Path, st
 def test_report_of_a_study_parent_run_finds_the_study(study: tuple[Path, str]) -> None:
     project, parent_id = study
     out = project / "reports" / "by_parent"
-    done = doomnet(project, "report", parent_id, "--out", str(out))
+    # from another folder: the parent run records the journal relative to the project
+    done = doomnet(project, "report", parent_id, "--out", str(out), cwd=project.parent)
     assert done.returncode == 0, done.stderr
     assert (out / "importances.png").is_file()
     assert "8 trials, 4 complete, 2 pruned, 2 fail" in (out / "report.md").read_text()

@@ -234,6 +234,12 @@ def test_environment_differences_are_warned_about() -> None:
     assert environment_warnings({**original, "git.dirty": "True"}, dict(original)) == [
         "the original run had uncommitted changes: its exact code is unknown"
     ]
+    code = {**original, "code.sha256": "sha256:1"}
+    assert environment_warnings(code, {**code, "code.sha256": "sha256:2"}) == [
+        "the training code (doomnet's model, optim, fit, data, run, config) differs from the "
+        "original run's (code.sha256): results may differ"
+    ]
+    assert environment_warnings(original, {**original, "code.sha256": "sha256:2"}) == []
 
 
 def test_markdown_and_html_render_the_same_blocks_safely(tmp_path: Path) -> None:
