@@ -296,3 +296,24 @@ def test_import_is_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("hidden", [5, (6, 4)], ids=["1-hidden", "2-hidden"])
+def test_blocks_and_cores_give_the_one_block_result(monkeypatch, hidden):
+    """loss_grads_acc sums over row blocks (and over cores for big batches): the result must
+    be the one-block computation's, up to float64 rounding."""
+    import doomnet.model as model_module
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(50, 4))
+    y = rng.integers(0, 3, size=50)
+    model = DoomNet(4, hidden, 3, std=0.5, seed=2, dtype=np.float64, l2=0.1)
+    whole = model.loss_grads_acc(X, y)
+    monkeypatch.setattr(model_module, "BLOCK_ROWS", 7)  # 50 rows: blocks of 7 and a last of 1
+    monkeypatch.setattr(model_module, "MIN_ROWS_PER_CORE", 10)  # and every core gets a share
+    blocked = model.loss_grads_acc(X, y)
+    assert blocked[0] == pytest.approx(whole[0], rel=1e-12)
+    assert blocked[2] == whole[2]
+    for key, g in whole[1].items():
+        np.testing.assert_allclose(blocked[1][key], g, rtol=1e-10, atol=1e-14)
+        assert blocked[1][key].shape == model.params[key].shape
