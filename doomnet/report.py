@@ -711,8 +711,10 @@ def _sweeper_text(sweep: Sweep) -> str:
     if sweep.study is not None:
         n_trials = _first(parent, ("optuna.n_trials", "sweep.n_trials", "n_trials"))
         budget = f" with a budget of {n_trials} complete or pruned trials" if n_trials else ""
+        seed = _first(parent, ("optuna.seed", "sweep.seed"))
+        seeded = f" (seed {seed})" if seed and sampler and "seed=" not in sampler else ""
         if sampler:
-            return f"Optuna's `{sampler}`{budget}"
+            return f"Optuna's `{sampler}`{seeded}{budget}"
         return f"Optuna (sampler not recorded in the tracking store){budget}"
     if sampler:
         return f"the `{sampler}` sampler"

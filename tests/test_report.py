@@ -547,3 +547,62 @@ def test_reproduce_refuses_a_pruned_run(study: tuple[Path, str]) -> None:
     done = doomnet(project, "reproduce", pruned.info.run_id)
     assert done.returncode == 2
     assert "ended PRUNED: only FINISHED runs" in one_error_line(done)
+
+
+def test_report_of_a_study_run_by_the_optuna_sweeper(tmp_path: Path) -> None:
+    """The real thing: `train.py -m hydra/sweeper=optuna ...`, then `doomnet report --study`;
+    every trial's state in the journal is the state the report gives its run."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    shutil.copy(REPO / "train.py", tmp_path / "train.py")
+    shutil.copytree(REPO / "conf", tmp_path / "conf")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "-m",
+            "hydra/sweeper=optuna",
+            "hydra.sweeper.study_name=real",
+            "hydra.sweeper.n_trials=8",
+            "hydra.sweeper.seed=0",
+            "hydra.sweeper.pruner={name: median, n_startup_trials: 2, n_warmup_steps: 5}",
+            "lr=tag(log, interval(1e-3, 1))",
+            "hidden=choice(16, 32)",
+            "data=digits",
+            "init=he",
+            "batch_size=64",
+            "iterations=40",
+            "eval_every=5",
+            "progress=none",
+        ],
+        cwd=tmp_path,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    report = doomnet(tmp_path, "report", "--study", "real")
+    assert report.returncode == 0, report.stderr
+    folder = tmp_path / "reports" / "real"
+    assert {"importances.png", "learning_curves.png", "runs.csv"} <= {
+        p.name for p in folder.iterdir()
+    }
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "mlruns" / "optuna.journal")))
+    trials = optuna.load_study(study_name="real", storage=storage).get_trials()
+    rows = read_csv(folder / "runs.csv")
+    assert len(rows) == len(children(tmp_path)) == len(trials)
+    states = {int(r["trial"]): r["trial_state"] for r in rows}
+    assert states == {t.number: t.state.name for t in trials}
+    for row in rows:
+        expected = {"COMPLETE": "FINISHED", "PRUNED": "PRUNED"}[row["trial_state"]]
+        assert row["state"] == expected
+    counts = {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED")}
+    md = (folder / "report.md").read_text()
+    listed = ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n)
+    assert f"Optuna study `real`: {len(trials)} trials, {listed}." in md
+    assert "Optuna's `TPESampler" in md
+    assert "stopped by Optuna's `MedianPruner(n_startup_trials=2, n_warmup_steps=5)`" in md
