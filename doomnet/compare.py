@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from doomnet import plots
-from doomnet.report import CURVE_METRICS, ReportError, run_state
+from doomnet.analysis import run_state
+from doomnet.report import CURVE_METRICS, ReportError
 from doomnet.tracking import RunRecord, Store
 
 METRICS = ("val/final_acc", "val/best_acc", "test/acc", "test/loss", "steps", "time/train_s")

@@ -12,14 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from doomnet.analysis import aggregate_seeds, log_params, swept_params
 from doomnet.markup import Doc
-from doomnet.report import (
-    _exchange,
-    aggregate_seeds,
-    log_params,
-    rerun_command,
-    swept_params,
-)
+from doomnet.method import rerun_command
+from doomnet.report import _exchange
 from doomnet.reproduce import (
     environment_warnings,
     first_metric_difference,
