@@ -1,6 +1,7 @@
 """`doomnet` console script (also `python -m doomnet`): commands around the tracking store.
 
     doomnet ui                         the MLflow UI on the project's store
+    doomnet server                     an MLflow tracking server for many workers
     doomnet report TARGET | --study N  a research report of a sweep
     doomnet reproduce RUN_ID           an exact re-run, compared with the original
     doomnet compare RUN_A RUN_B ...    runs side by side
@@ -104,7 +105,9 @@ def _store_args(command: argparse.ArgumentParser) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="doomnet", description=__doc__)
+    top = argparse.ArgumentParser(
+        prog="doomnet", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = top.add_subparsers(dest="command", required=True)
     ui = commands.add_parser("ui", help="open the MLflow UI on the project's store")
     ui.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
