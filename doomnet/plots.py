@@ -121,6 +121,16 @@ def _loss_scale(ax) -> None:
         ax.ticklabel_format(axis="y", style="plain", useOffset=False)
 
 
+def _legend_below(fig, ax) -> None:
+    """The axes' legend under the figure, in as many columns as the label lengths allow."""
+    handles, labels = ax.get_legend_handles_labels()
+    if not handles:
+        return
+    longest = max(len(label) for label in labels)
+    ncol = 3 if longest <= 30 else 2 if longest <= 48 else 1
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(ncol, len(handles)))
+
+
 def report_curves(
     groups: Sequence[tuple[str, Sequence[Histories]]],
     pruned: Sequence[Histories],
@@ -151,9 +161,7 @@ def report_curves(
                     label=label if i == 0 else None,
                 )
         _loss_scale(ax_loss)
-        handles, labels = ax_acc.get_legend_handles_labels()
-        if handles:
-            fig.legend(handles, labels, loc="outside lower center", ncol=min(3, len(handles)))
+        _legend_below(fig, ax_acc)
         _save(fig, path)
 
 
@@ -167,8 +175,7 @@ def compare_curves(runs: Sequence[tuple[str, Histories]], path: Path) -> None:
         for i, (label, history) in enumerate(runs):
             _plot_history(ax_acc, ax_loss, history, color=colors[i % 10], lw=1.3, label=label)
         _loss_scale(ax_loss)
-        handles, labels = ax_acc.get_legend_handles_labels()
-        fig.legend(handles, labels, loc="outside lower center", ncol=min(2, len(handles)))
+        _legend_below(fig, ax_acc)
         _save(fig, path)
 
 
@@ -292,9 +299,18 @@ def _axis_ticks(raw: np.ndarray, log: bool) -> list[float]:
     if len(distinct) <= 6:
         return distinct
     lo, hi = min(distinct), max(distinct)
-    locator = LogLocator(numticks=6) if log else MaxNLocator(nbins=5)
-    ticks = [float(t) for t in locator.tick_values(lo, hi) if lo <= t <= hi]
-    return ticks if len(ticks) >= 2 else [lo, hi]
+    if not log:
+        ticks = [float(t) for t in MaxNLocator(nbins=5).tick_values(lo, hi) if lo <= t <= hi]
+        return ticks if len(ticks) >= 2 else [lo, hi]
+    for subs in ((1.0,), (1.0, 3.0), (1.0, 2.0, 5.0)):  # decades first, finer if too few
+        ticks = [
+            float(t)
+            for t in LogLocator(subs=subs, numticks=12).tick_values(lo, hi)
+            if lo <= t <= hi
+        ]
+        if len(ticks) >= 3:
+            return ticks
+    return [lo, hi]
 
 
 def parallel_coordinates(

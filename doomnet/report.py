@@ -283,6 +283,11 @@ class _Report:
     def label(self, row: pd.Series) -> str:
         return ", ".join(f"{p}={fmt_value(row[p])}" for p in self.swept) or "all runs"
 
+    def short_label(self, row: pd.Series) -> str:
+        """For legends: 3 significant digits."""
+        values = [f"{row[p]:.3g}" if isinstance(row[p], float) else str(row[p]) for p in self.swept]
+        return ", ".join(f"{p}={v}" for p, v in zip(self.swept, values, strict=True)) or "all runs"
+
     # sections
 
     def summary(self) -> None:
@@ -406,9 +411,10 @@ class _Report:
     def curves(self) -> None:
         self.doc.h(2, "Learning curves")
         store = self.sweep.store
+        replicated = (self.top_configs["n"] > 1).any() if not self.configs.empty else False
         groups = [
             (
-                f"#{c['rank']} {self.label(c)} (n={c['n']})",
+                f"#{c['rank']} {self.short_label(c)}" + (f" (n={c['n']})" if replicated else ""),
                 [_histories(store, run_id) for run_id in c["run_ids"].split()],
             )
             for _, c in self.top_configs.iterrows()

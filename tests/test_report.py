@@ -357,6 +357,8 @@ def bare(tmp_path: Path, sweep: Path) -> Path:
     [
         (["report", "f" * 32], "no run ffffffffffffffffffffffffffffffff in"),
         (["report", "nope"], "no experiment or run named 'nope'"),
+        (["report", "{run}"], "is a training run, not a sweep's parent run"),
+        (["report", "doomnet", "--top", "0"], "--top must be >= 1"),
         (["report", "empty"], "experiment 'empty' has no training runs"),
         (["report", "--study", "lr_hidden"], "no Optuna journal at"),
         (["report", "doomnet", "--tracking-uri", "sqlite:///{tmp}/missing.db"], "no MLflow store"),
