@@ -370,19 +370,41 @@ def bare(tmp_path: Path, sweep: Path) -> Path:
     ],
 )
 def test_bad_input_fails_with_one_line_and_writes_nothing(
-    bare: Path, sweep: Path, args: list[str], words: str
+    bare: Path,
+    sweep: Path,
+    args: list[str],
+    words: str,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """In-process (`doomnet.cli.main`), for speed; the real-process test below runs two."""
+    from doomnet.cli import main
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     (bare / "garbage.db").write_text("this is not a database")
     run_id = children(sweep)[0].info.run_id
     args = [a.format(tmp=bare, run=run_id) for a in args]
     before = sorted(p.name for p in bare.iterdir())
     n_runs = len(runs_of(bare))
-    done = doomnet(bare, *args)
-    assert done.returncode == 2, done.stdout + done.stderr
-    assert words in one_error_line(done)
-    assert done.stdout == ""
+    code = main([*args, "--project", str(bare)])
+    out, err = capsys.readouterr()
+    assert code == 2, out + err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], err
+    assert out == ""
     assert sorted(p.name for p in bare.iterdir()) == before  # no reports/, no missing.db
     assert len(runs_of(bare)) == n_runs
+
+
+def test_bad_input_in_a_real_process_is_one_line_on_stderr(bare: Path) -> None:
+    for args, words in [
+        (["report", "nope"], "no experiment or run named 'nope'"),
+        (["reproduce", "0" * 32], "no run 00000000000000000000000000000000"),
+    ]:
+        done = doomnet(bare, *args)
+        assert done.returncode == 2 and done.stdout == ""
+        assert words in one_error_line(done)
+    assert not (bare / "reports").exists()
 
 
 # --- an Optuna study with complete, pruned and failed trials ------------------------------------
