@@ -250,7 +250,7 @@ def test_reproduce_a_finished_run_is_identical_and_linked(sweep: Path) -> None:
     out = sweep / "reports" / "after_rerun"
     assert doomnet(sweep, "report", "doomnet", "--out", str(out)).returncode == 0
     assert len(read_csv(out / "runs.csv")) == 8
-    assert "1 `doomnet reproduce` re-runs left out" in (out / "report.md").read_text()
+    assert "1 `doomnet reproduce` re-run left out" in (out / "report.md").read_text()
 
 
 def test_reproduce_names_the_tensor_whose_stored_weights_were_altered(sweep: Path) -> None:
