@@ -254,5 +254,6 @@ def pruner_spec(spec: Any) -> dict | None:
 
 def described(obj: Any, spec: dict) -> str:
     """`TPESampler(seed=3)`: the class and the settings the spec gave it."""
-    shown = {k: v for k, v in spec.items() if k not in ("_target_", "name", "search_space") and v}
+    hidden = ("_target_", "name", "search_space")
+    shown = {k: v for k, v in spec.items() if k not in hidden and v is not None}
     return f"{type(obj).__name__}({', '.join(f'{k}={v}' for k, v in shown.items())})"

@@ -101,7 +101,11 @@ class StudyRun:
         budget = self.n_trials - done - states.count("RUNNING")
         if self.grid:
             names = list(self.space.params)
-            taken = {tuple(t.params.get(n) for n in names) for t in trials if t.params}
+            taken = set()
+            for t in trials:  # an enqueued trial has its values as fixed_params only
+                values = t.params or t.system_attrs.get("fixed_params") or {}
+                if values:
+                    taken.add(tuple(values.get(n) for n in names))
             untaken = self.space.grid_size() - len(taken)
             budget = min(budget, states.count("WAITING") + max(untaken, 0))
         return max(budget, 0)
