@@ -14,7 +14,7 @@ from pathlib import Path
 
 from doomnet import plots
 from doomnet.analysis import run_state
-from doomnet.report import CURVE_METRICS, ReportError
+from doomnet.report import ReportError, histories, parent_folders
 from doomnet.tracking import RunRecord, Store
 
 METRICS = ("val/final_acc", "val/best_acc", "test/acc", "test/loss", "steps", "time/train_s")
@@ -68,25 +68,18 @@ def compare_runs(store: Store, run_ids: Sequence[str], out: Path, *, color: bool
     for r in runs:
         if r.tags.get("doomnet.kind") == "sweep":
             raise ReportError(f"run {r.run_id} is a sweep's parent run, not a training run")
-    curves = [
-        (f"{r.run_id[:8]} {r.name}", {k: store.history(r.run_id, k) for k in CURVE_METRICS})
-        for r in runs
-    ]
+    curves = [(f"{r.run_id[:8]} {r.name}", histories(store, r.run_id)) for r in runs]
     if not any(history["val/acc"] for _, history in curves):
         raise ReportError("none of these runs logged val/acc: no curves to draw")
 
     out = Path(out).absolute()
-    made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp.png")
-    try:
-        plots.compare_curves(curves, tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        for folder in made:  # only the folders this call created, innermost first
+    with parent_folders(out):
+        try:
+            plots.compare_curves(curves, tmp)
+            os.replace(tmp, out)  # a reader never sees a half-written PNG
+        except BaseException:
             with contextlib.suppress(OSError):
-                folder.rmdir()
-        raise
+                tmp.unlink()
+            raise
     return table(runs, color=color) + f"\n\ncurves: {out}"

@@ -23,9 +23,8 @@ from doomnet.analysis import (
     study_counts,
     study_distributions,
 )
+from doomnet.run import HIDDEN_OVERRIDES  # overrides that do not change what a run computes
 from doomnet.tracking import RunRecord
-
-HIDDEN_OVERRIDES = ("tracking.", "trial.", "hydra.", "progress=")  # not part of a config
 
 
 def counted(counter: Counter, n_total: int) -> str:

@@ -26,6 +26,7 @@ import re
 import shutil
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ from doomnet.analysis import (
 )
 from doomnet.markup import Doc
 from doomnet.method import counted, fmt_metric, fmt_value, method_paragraph, rerun_command
+from doomnet.reproduce import stored_overrides
 from doomnet.tracking import RunRecord, Store, StoreError, looks_like_run_id
 
 CURVE_METRICS = ("val/acc", "train/loss")
@@ -419,12 +421,12 @@ class _Report:
         groups = [
             (
                 f"#{c['rank']} {self.short_label(c)}" + (f" (n={c['n']})" if replicated else ""),
-                [_histories(store, run_id) for run_id in c["run_ids"].split()],
+                [histories(store, run_id) for run_id in c["run_ids"].split()],
             )
             for _, c in self.top_configs.iterrows()
         ]
         pruned_ids = self.frame.loc[self.frame["state"] == "PRUNED", "run_id"]
-        pruned = [_histories(store, run_id) for run_id in pruned_ids]
+        pruned = [histories(store, run_id) for run_id in pruned_ids]
         if not groups and not pruned:
             self.doc.p("No finished or pruned runs: no curves.")
             return
@@ -554,7 +556,7 @@ class _Report:
             best = runs[c["best_run_id"]]
             commit = best.tags.get("git.commit", "not recorded")[:12]
             command = rerun_command(
-                _stored_overrides(self.sweep.store, best.run_id, self.scratch),
+                stored_overrides(self.sweep.store, best.run_id, self.scratch / best.run_id),
                 {p: c[p] for p in self.params if p != "seed"},
                 [s for s in c["seeds"].split(",") if s],
             )
@@ -586,19 +588,8 @@ def _counts_text(counts: dict[str, int]) -> str:
     return ", ".join(f"{n} {state.lower()}" for state, n in counts.items())
 
 
-def _stored_overrides(store: Store, run_id: str, scratch: Path) -> list[str] | None:
-    """The run's command-line overrides (its overrides.yaml), or None if not stored."""
-    import yaml
-
-    try:
-        path = store.download(run_id, "overrides.yaml", scratch / run_id)
-        loaded = yaml.safe_load(path.read_text())
-    except (StoreError, OSError, yaml.YAMLError):
-        return None
-    return [str(o) for o in loaded] if isinstance(loaded, list) else None
-
-
-def _histories(store: Store, run_id: str) -> dict[str, list[tuple[int, float]]]:
+def histories(store: Store, run_id: str) -> dict[str, list[tuple[int, float]]]:
+    """The run's curves: {"val/acc": [(step, value), ...], "train/loss": [...]}."""
     return {key: store.history(run_id, key) for key in CURVE_METRICS}
 
 
@@ -632,34 +623,43 @@ def _is_report(folder: Path) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def parent_folders(path: Path) -> Iterator[None]:
+    """Create `path`'s missing parent folders; if the block fails, remove the ones created."""
+    made = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for folder in made:  # innermost first; a folder someone else filled meanwhile stays
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
 def write_report(sweep: Sweep, out: Path, *, top: int = 5) -> Built:
     """Build the report in a temporary sibling of `out`, then swap it in: `out` is either the
     previous complete report or the new complete one, never a half-written mix."""
     out = Path(out).absolute()
     if out.exists() and not (out.is_dir() and (_is_report(out) or not any(out.iterdir()))):
         raise ReportError(f"{out} exists and is not a doomnet report: choose another --out")
-    made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        built = build_report(sweep, tmp, top=top)
-        os.chmod(tmp, 0o755)
-        if out.exists():
-            if _exchange(tmp, out):
-                shutil.rmtree(tmp)  # now the old report
-            else:
+    with parent_folders(out):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        try:
+            built = build_report(sweep, tmp, top=top)
+            os.chmod(tmp, 0o755)  # mkdtemp's 0o700 is too strict for a folder to share
+            if not out.exists():
+                os.rename(tmp, out)
+            elif _exchange(tmp, out):
+                shutil.rmtree(tmp)  # now the previous report
+            else:  # no atomic exchange here: two renames, the previous report kept until then
                 old = out.with_name(f".{out.name}.old")
                 shutil.rmtree(old, ignore_errors=True)
                 os.rename(out, old)
                 os.rename(tmp, out)
                 shutil.rmtree(old)
-        else:
-            os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for folder in made:  # only folders this call created, innermost first
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        raise
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     built.folder = out
     return built

@@ -65,15 +65,16 @@ def _config(store: Store, run: RunRecord, tmp: Path):
         raise ReproduceError(f"run {run.run_id}: stored config.yaml is unreadable: {exc}") from exc
 
 
-def _overrides(store: Store, run: RunRecord, tmp: Path) -> list[str]:
+def stored_overrides(store: Store, run_id: str, folder: Path) -> list[str] | None:
+    """The run's command-line overrides (its `overrides.yaml`), or None if it has none."""
     import yaml
 
     try:
-        path = store.download(run.run_id, "overrides.yaml", tmp / "original")
+        path = store.download(run_id, "overrides.yaml", folder)
         loaded = yaml.safe_load(path.read_text())
-    except (StoreError, yaml.YAMLError):
-        return []
-    return [str(o) for o in loaded] if isinstance(loaded, list) else []
+    except (StoreError, OSError, yaml.YAMLError):
+        return None
+    return [str(o) for o in loaded] if isinstance(loaded, list) else None
 
 
 def environment_warnings(original: dict[str, str], now: dict[str, str]) -> list[str]:
@@ -248,5 +249,6 @@ def _rerun(store: Store, original: RunRecord, cfg, tmp: Path, project_dir: Path,
         + (", data checksum matches" if original.tags.get("data.checksum") else "")
     )
     with tracking.linked_runs({"doomnet.reproduces": original.run_id}) as created:
-        train_run(cfg, overrides=_overrides(store, original, tmp), project_dir=project_dir)
+        overrides = stored_overrides(store, original.run_id, tmp / "original") or []
+        train_run(cfg, overrides=overrides, project_dir=project_dir)
     return created[-1]

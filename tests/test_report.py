@@ -92,25 +92,16 @@ def one_error_line(done: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A project copy after `train.py -m` over lr x hidden x seed (8 runs on digits)."""
-    project = tmp_path_factory.mktemp("sweep")
+DIGITS = ["data=digits", "init=he", "batch_size=64", "iterations=40", "eval_every=5"]
+
+
+def multirun_in_copy(project: Path, *args: str) -> None:
+    """Copy the runnable project (train.py + conf/) into `project` and run
+    `train.py -m ARGS` on digits there (small and fast: 40 mini-batch iterations)."""
     shutil.copy(REPO / "train.py", project / "train.py")
     shutil.copytree(REPO / "conf", project / "conf")
     done = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            "-m",
-            "data=digits",
-            "init=he",
-            "batch_size=64",
-            "iterations=40",
-            "eval_every=5",
-            "progress=none",
-            *GRID,
-        ],
+        [sys.executable, "train.py", "-m", *DIGITS, "progress=none", *args],
         cwd=project,
         env=env(),
         capture_output=True,
@@ -118,6 +109,13 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project after `train.py -m` over lr x hidden x seed (8 runs on digits)."""
+    project = tmp_path_factory.mktemp("sweep")
+    multirun_in_copy(project, *GRID)
     return project
 
 
@@ -580,34 +578,16 @@ def test_report_of_a_study_run_by_the_optuna_sweeper(tmp_path: Path) -> None:
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    shutil.copy(REPO / "train.py", tmp_path / "train.py")
-    shutil.copytree(REPO / "conf", tmp_path / "conf")
-    done = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            "-m",
-            "hydra/sweeper=optuna",
-            "hydra.sweeper.study_name=real",
-            "hydra.sweeper.n_trials=8",
-            "hydra.sweeper.seed=0",
-            "hydra.sweeper.pruner={name: median, n_startup_trials: 2, n_warmup_steps: 5}",
-            "lr=tag(log, interval(1e-3, 1))",
-            "hidden=choice(16, 32)",
-            "data=digits",
-            "init=he",
-            "batch_size=64",
-            "iterations=40",
-            "eval_every=5",
-            "progress=none",
-        ],
-        cwd=tmp_path,
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
+    multirun_in_copy(
+        tmp_path,
+        "hydra/sweeper=optuna",
+        "hydra.sweeper.study_name=real",
+        "hydra.sweeper.n_trials=8",
+        "hydra.sweeper.seed=0",
+        "hydra.sweeper.pruner={name: median, n_startup_trials: 2, n_warmup_steps: 5}",
+        "lr=tag(log, interval(1e-3, 1))",
+        "hidden=choice(16, 32)",
     )
-    assert done.returncode == 0, done.stderr[-3000:]
 
     report = doomnet(tmp_path, "report", "--study", "real")
     assert report.returncode == 0, report.stderr
