@@ -38,17 +38,6 @@ class Sweep:
     reruns: int = 0  # `doomnet reproduce` runs left out
 
 
-def first_value(run: RunRecord | None, keys: Sequence[str]) -> str | None:
-    """The first non-empty tag or param of `run` among `keys` (tags before params)."""
-    if run is None:
-        return None
-    for key in keys:
-        for table in (run.tags, run.params):
-            if table.get(key):
-                return table[key]
-    return None
-
-
 # --- runs -> tables  -----------------------------------------------------------------------------
 
 

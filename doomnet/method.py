@@ -17,14 +17,12 @@ import pandas as pd
 from doomnet.analysis import (
     OBJECTIVE,
     Sweep,
-    first_value,
     provenance,
     state_counts,
     study_counts,
     study_distributions,
 )
 from doomnet.run import HIDDEN_OVERRIDES  # overrides that do not change what a run computes
-from doomnet.tracking import RunRecord
 
 
 def counted(counter: Counter, n_total: int) -> str:
@@ -247,42 +245,31 @@ def _search_space(sweep: Sweep, frame: pd.DataFrame, swept: Sequence[str]) -> st
     return "; ".join(parts) or "a single configuration"
 
 
-def _setting(run: RunRecord | None, word: str) -> str | None:
-    """A parent run's tag or param naming its sampler/pruner: `TPESampler(seed=3)` (an empty
-    `()` dropped)."""
-    if run is None:
-        return None
-    for key, value in {**run.params, **run.tags}.items():
-        if word in key.lower() and value:
-            return value.removesuffix("()")
-    return None
+def _parent_tag(sweep: Sweep, key: str) -> str | None:
+    """A tag of the sweep's parent run, e.g. the Optuna sweeper's `optuna.sampler`
+    (`TPESampler(seed=3)`; an empty `()` dropped)."""
+    value = sweep.parent.tags.get(key) if sweep.parent is not None else None
+    return value.removesuffix("()") if value else None
 
 
 def _sweeper_text(sweep: Sweep) -> str:
-    parent = sweep.parent
-    sampler = _setting(parent, "sampler")
-    if (
-        sampler is None
-        and parent is not None
-        and parent.tags.get("sweep.sweeper") == "doomnet_grid"
-    ):
+    if _parent_tag(sweep, "sweep.sweeper") == "doomnet_grid":
         return "an exhaustive grid (Hydra's basic sweeper, `doomnet_grid`)"
-    if sweep.study is not None:
-        n_trials = first_value(parent, ("optuna.n_trials", "sweep.n_trials", "n_trials"))
-        budget = f" with a budget of {n_trials} complete or pruned trials" if n_trials else ""
-        seed = first_value(parent, ("optuna.seed", "sweep.seed"))
-        seeded = f" (seed {seed})" if seed and sampler and "seed=" not in sampler else ""
-        if sampler:
-            return f"Optuna's `{sampler}`{seeded}{budget}"
-        return f"Optuna (sampler not recorded in the tracking store){budget}"
+    if sweep.study is None:
+        return "the runs of this experiment"
+    sampler = _parent_tag(sweep, "optuna.sampler")
+    n_trials = _parent_tag(sweep, "optuna.n_trials")
+    budget = f" with a budget of {n_trials} complete or pruned trials" if n_trials else ""
+    seed = _parent_tag(sweep, "optuna.seed")
+    seeded = f" (seed {seed})" if seed and sampler and "seed=" not in sampler else ""
     if sampler:
-        return f"the `{sampler}` sampler"
-    return "the runs of this experiment"
+        return f"Optuna's `{sampler}`{seeded}{budget}"
+    return f"Optuna (sampler not recorded in the tracking store){budget}"
 
 
 def _pruner_text(sweep: Sweep, n_pruned: int) -> str:
-    pruner = _setting(sweep.parent, "pruner")
-    if pruner and not pruner.lower().startswith(("none", "nop", "null")):
+    pruner = _parent_tag(sweep, "optuna.pruner")
+    if pruner and not pruner.startswith("NopPruner"):
         return (
             f"Unpromising trials were stopped by Optuna's `{pruner}` on the validation "
             f"accuracy reported at every evaluation ({n_pruned} pruned runs)."
