@@ -82,7 +82,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     project, store = _store(args)
     verdict = reproduce(store, args.run_id, project_dir=project, atol=args.atol)
     print(verdict.message, flush=True)
-    return 0 if verdict.identical else 1
+    return 0 if verdict.matches else 1
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

@@ -47,10 +47,9 @@ class ReproduceError(RuntimeError):
 
 @dataclass
 class Verdict:
-    identical: bool
-    message: str  # "identical: ..." or "differs: <what> ..."
+    matches: bool  # bit-identical, or within the tolerance asked for
+    message: str  # "identical: ...", "within tolerance: ..." or "differs: <what> ..."
     new_run_id: str
-    compared: int  # metrics and tensors compared
 
 
 def _config(store: Store, run: RunRecord, tmp: Path):
@@ -92,9 +91,9 @@ def environment_warnings(original: dict[str, str], now: dict[str, str]) -> list[
             "the training code (doomnet's model, optim, fit, data, run, config) differs "
             "from the original run's (code.sha256): results may differ"
         )
-    was, is_ = original.get("git.commit"), now.get("git.commit")
-    if was and is_ and was != is_:
-        warnings.append(f"the code is at commit {is_[:12]}, the original ran at {was[:12]}")
+    then, here = original.get("git.commit"), now.get("git.commit")
+    if then and here and then != here:
+        warnings.append(f"the code is at commit {here[:12]}, the original ran at {then[:12]}")
     if original.get("git.dirty") == "True":
         warnings.append("the original run had uncommitted changes: its exact code is unknown")
     if now.get("git.dirty") == "True":
@@ -212,9 +211,7 @@ def reproduce(
     else:
         verdict = f"differs: {difference}"
     store.set_tags(new_id, {"doomnet.reproduce.result": verdict})
-    return Verdict(
-        difference is None, f"{verdict} (new run {new_id})", new_id, n_metrics + len(old_weights)
-    )
+    return Verdict(difference is None, f"{verdict} (new run {new_id})", new_id)
 
 
 def _blas_threads(threads: int | None) -> contextlib.AbstractContextManager:
@@ -232,8 +229,7 @@ def _rerun(store: Store, original: RunRecord, cfg, tmp: Path, project_dir: Path,
     from doomnet.config import TrialConfig
     from doomnet.run import run as train_run
 
-    now = {**tracking.environment_tags(), **tracking.provenance_tags(project_dir)}
-    for line in environment_warnings(original.tags, now):
+    for line in environment_warnings(original.tags, tracking.provenance_tags(project_dir)):
         warn(line)
     cfg.tracking.enabled = True
     cfg.tracking.uri = store.uri
