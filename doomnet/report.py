@@ -211,13 +211,11 @@ def _open_study(name: str, storage: str | None, project_dir: Path) -> tuple[Any,
 
 @dataclass
 class Built:
-    """What `build_report` wrote and counted (for the CLI line and for tests)."""
+    """Where `write_report` put the report and what it counted (for the CLI's line)."""
 
     folder: Path
-    files: list[str]
     n_runs: int
     counts: dict[str, int]
-    configs: pd.DataFrame
 
 
 def build_report(sweep: Sweep, folder: Path, *, top: int = 5) -> Built:
@@ -243,7 +241,6 @@ class _Report:
         self.top_configs = self.configs.head(top)
         self.title = f"Sweep report: {sweep.name}"
         self.doc = Doc()
-        self.files = ["report.md", "report.html", "runs.csv", "configurations.csv"]
 
     def build(self) -> Built:
         for section in (
@@ -264,11 +261,10 @@ class _Report:
         (self.folder / "report.md").write_text(self.doc.markdown(MARKER), encoding="utf-8")
         html_text = self.doc.html(self.folder, self.title)
         (self.folder / "report.html").write_text(html_text, encoding="utf-8")
-        return Built(self.folder, sorted(self.files), len(self.frame), self.counts, self.configs)
+        return Built(self.folder, len(self.frame), self.counts)
 
     def figure(self, name: str, draw, caption: str) -> None:
         draw(self.folder / name)
-        self.files.append(name)
         self.doc.image(name, caption)
 
     def label(self, row: pd.Series) -> str:
