@@ -1,13 +1,17 @@
-"""Sweep throughput: trials per minute of a 20-trial sweep on mnist_5k, 1 worker vs 2.
+"""Sweep throughput: trials per minute of a 20-trial study on mnist_5k, 1 worker vs 2.
 
 Each sweep is the app's own command line in a fresh process, timed from start to exit (Python
-start-up, imports, the MLflow parent run and every trial included), with joblib workers
-(`hydra/launcher=joblib hydra.launcher.n_jobs=1|2`) and a throwaway store and sweep folder:
+start-up, imports, the study, the MLflow parent run and every trial included), with joblib
+workers and a throwaway journal, store and sweep folder. The Optuna sweeper (TPE, seed 0, no
+pruning, so every trial runs in full):
 
-    python train.py -m lr=0.05,0.1,0.2,0.3,0.5 hidden=16,20,24,32 \\
-        hydra/launcher=joblib hydra.launcher.n_jobs=2 progress=none
+    python train.py -m hydra/sweeper=optuna 'lr=tag(log, interval(0.01, 0.5))' \\
+        'hidden=choice(16, 20, 24, 32)' hydra.sweeper.n_trials=20 hydra.sweeper.pruner=none \\
+        hydra/launcher=joblib hydra.sweeper.n_jobs=2 progress=none
 
-Each trial is the default recipe: 2,000 full-batch iterations, metrics every iteration.
+or, with `sweeper="grid"`, the grid sweeper on a 5 x 4 grid (lr=0.05,...,0.5 hidden=16,...,32)
+with hydra.launcher.n_jobs=1|2. Each trial is the default recipe: 2,000 full-batch iterations,
+metrics every iteration.
 """
 
 from __future__ import annotations
@@ -20,20 +24,35 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-GRID = ["lr=0.05,0.1,0.2,0.3,0.5", "hidden=16,20,24,32"]  # 5 x 4 = 20 trials
 N_TRIALS = 20
+GRID = ["lr=0.05,0.1,0.2,0.3,0.5", "hidden=16,20,24,32"]  # 5 x 4 = 20 trials
+OPTUNA = [
+    "hydra/sweeper=optuna",
+    "lr=tag(log, interval(0.01, 0.5))",
+    "hidden=choice(16, 20, 24, 32)",
+    f"hydra.sweeper.n_trials={N_TRIALS}",
+    "hydra.sweeper.pruner=none",
+    "hydra.sweeper.study_name=benchmark",
+]
 
 
-def sweep_command(n_jobs: int, tmp: Path, iterations: int | None = None) -> list[str]:
+def sweep_arguments(sweeper: str, n_jobs: int) -> list[str]:
+    """The command-line arguments of a 20-trial sweep with `n_jobs` workers."""
+    if sweeper == "optuna":
+        return [*OPTUNA, "hydra/launcher=joblib", f"hydra.sweeper.n_jobs={n_jobs}"]
+    return [*GRID, "hydra/launcher=joblib", f"hydra.launcher.n_jobs={n_jobs}"]
+
+
+def sweep_command(sweeper: str, n_jobs: int, tmp: Path, iterations: int | None = None) -> list[str]:
     extra = [f"iterations={iterations}"] if iterations else []
+    storage = [f"hydra.sweeper.storage={tmp / 'optuna.journal'}"] if sweeper == "optuna" else []
     return [
         sys.executable,
         str(ROOT / "train.py"),
         "-m",
-        *GRID,
+        *sweep_arguments(sweeper, n_jobs),
+        *storage,
         *extra,
-        "hydra/launcher=joblib",
-        f"hydra.launcher.n_jobs={n_jobs}",
         "progress=none",
         f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
         "tracking.experiment=benchmark",
@@ -41,10 +60,10 @@ def sweep_command(n_jobs: int, tmp: Path, iterations: int | None = None) -> list
     ]
 
 
-def one_sweep(n_jobs: int, iterations: int | None = None) -> float:
+def one_sweep(sweeper: str, n_jobs: int, iterations: int | None = None) -> float:
     """Seconds for the whole 20-trial sweep with `n_jobs` workers."""
     with tempfile.TemporaryDirectory() as tmp:
-        command = sweep_command(n_jobs, Path(tmp), iterations)
+        command = sweep_command(sweeper, n_jobs, Path(tmp), iterations)
         start = time.perf_counter()
         done = subprocess.run(
             command, cwd=ROOT, capture_output=True, text=True, env=os.environ.copy()
@@ -55,24 +74,17 @@ def one_sweep(n_jobs: int, iterations: int | None = None) -> float:
     return seconds
 
 
-def measure(*, quick: bool = False) -> dict:
+def measure(*, sweeper: str = "optuna", quick: bool = False) -> dict:
     iterations = 200 if quick else None
-    seconds = {n_jobs: one_sweep(n_jobs, iterations) for n_jobs in (1, 2)}
+    seconds = {n_jobs: one_sweep(sweeper, n_jobs, iterations) for n_jobs in (1, 2)}
+    shown = [f"'{a}'" if " " in a else a for a in sweep_arguments(sweeper, 2)]
     return {
-        "sweeper": "grid (doomnet_grid)",
+        "sweeper": "optuna (TPE, no pruning)" if sweeper == "optuna" else "grid (doomnet_grid)",
         "launcher": "joblib",
         "trials": N_TRIALS,
         "iterations_per_trial": iterations or 2000,
         "data": "mnist_5k",
-        "command": " ".join(
-            [
-                "python train.py -m",
-                *GRID,
-                "hydra/launcher=joblib",
-                "hydra.launcher.n_jobs=N",
-                "progress=none",
-            ]
-        ),
+        "command": " ".join(["python train.py -m", *shown, "progress=none"]),
         "workers": {
             str(n): {"seconds": s, "trials_per_minute": N_TRIALS * 60.0 / s}
             for n, s in seconds.items()
