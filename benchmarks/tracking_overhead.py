@@ -7,15 +7,15 @@ per worker). Two figures:
 
 - whole run: `doomnet.run.run` end to end, tracked vs untracked (the tracked one also opens
   the MLflow run, logs params, tags, the summary and the artifacts: weights, config, plot);
-- training loop: `fit` with the RunTracker callback on an open run vs `fit` alone, which is
-  what metrics-every-iteration costs while training.
+- training loop: `fit` with the RunTracker callback on an open run (plus closing it: the final
+  flush) vs `fit` alone, which is what metrics-every-iteration costs while training; measured
+  for both flush policies: every 5 s or 1,000 points (now), every 5 s only (before).
 
     uv run python -m benchmarks --only tracking
 """
 
 from __future__ import annotations
 
-import contextlib
 import tempfile
 import time
 from pathlib import Path
@@ -53,29 +53,35 @@ def measure(iterations: int = 2000, rounds: int = 5) -> dict:
         cfg = _config(iterations, project, True)
         splits = load_dataset(cfg.data.name, val_fraction=cfg.data.val_fraction, seed=cfg.seed)
 
-        def loop(tracked: bool):
-            """fit() alone, or fit() with the tracker plus closing the run (the final flush);
-            opening the run is not counted."""
+        def loop(flush_at: int | None | str):
+            """fit() alone ("off"), or fit() with a RunTracker plus closing the run (the final
+            flush); opening the run is not counted. flush_at as in RunTracker."""
+            client, experiment_id = tracking.open_store(cfg.tracking, project)
 
             def call() -> float:
                 model = build_model(cfg, splits.n_features, splits.n_classes)
                 train = {"iterations": iterations, "lr": cfg.lr, "optimizer": build_optimizer(cfg)}
-                if not tracked:
+                if flush_at == "off":
                     start = time.perf_counter()
                     fit(model, splits, **train)
                     return time.perf_counter() - start
-                with contextlib.ExitStack() as stack:
-                    tracker = stack.enter_context(
-                        tracking.training_run(cfg, project_dir=project, run_name="loop", tags={})
-                    )
-                    start = time.perf_counter()
-                    fit(model, splits, callbacks=(tracker,), **train)
+                run_id = client.create_run(experiment_id, run_name="loop").info.run_id
+                tracker = tracking.RunTracker(
+                    client, run_id, cfg.tracking.flush_every_s, flush_at=flush_at
+                )
+                start = time.perf_counter()
+                fit(model, splits, callbacks=(tracker,), **train)
+                tracker.close("FINISHED")
                 return time.perf_counter() - start
 
             return call
 
         loop_times = interleaved(
-            {"untracked": loop(False), "tracked": loop(True)},
+            {
+                "untracked": loop("off"),
+                "tracked": loop(tracking.BATCH),
+                "tracked_interval_only": loop(None),
+            },
             rounds=rounds,
             warmup=0,
             self_timed=True,
@@ -97,5 +103,11 @@ def measure(iterations: int = 2000, rounds: int = 5) -> dict:
             "overhead": ratio(loop_times, "tracked", "untracked") - 1,
             "untracked_rounds_s": loop_times["untracked"].rounds,
             "tracked_rounds_s": loop_times["tracked"].rounds,
+            "flush": f"every {cfg.tracking.flush_every_s:g} s or {tracking.BATCH} points",
+        },
+        "training_loop_flush_on_interval_only": {
+            "tracked_s": loop_times["tracked_interval_only"].median,
+            "overhead": ratio(loop_times, "tracked_interval_only", "untracked") - 1,
+            "flush": f"every {cfg.tracking.flush_every_s:g} s (before this change)",
         },
     }

@@ -261,26 +261,47 @@ def flat_params(cfg: Config) -> dict[str, str]:
 class RunTracker:
     """A training run in MLflow: buffers metrics from the loop, flushes them in a thread.
 
-    Call it as a `fit` callback: `tracker(step, metrics)` only appends to a list.
+    Call it as a `fit` callback: `tracker(step, metrics)` only appends to a list. A thread
+    writes the buffer every `flush_every_s` seconds, and sooner once `flush_at` points are
+    waiting (MLflow's batch size), so the final write at `close` stays small: it is the part
+    of the logging that nothing overlaps.
     """
 
-    def __init__(self, client: MlflowClient, run_id: str, flush_every_s: float = 5.0):
+    def __init__(
+        self,
+        client: MlflowClient,
+        run_id: str,
+        flush_every_s: float = 5.0,
+        flush_at: int | None = BATCH,
+    ):
         self.client = client
         self.run_id = run_id
         self.flush_every_s = flush_every_s
+        self.flush_at = flush_at
         self._buffer: list[Metric] = []
+        self._buffer_lock = threading.Lock()  # held only to append to or swap out the buffer
         self._lock = threading.Lock()  # one writer at a time: the flusher or the final flush
         self._stop = threading.Event()
+        self._wake = threading.Event()  # flush now: flush_at points are waiting, or closing
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._flush_loop, name="mlflow-flush", daemon=True)
         self._thread.start()
 
     def __call__(self, step: int, metrics: Mapping[str, float]) -> None:
         now = int(time.time() * 1000)
-        self._buffer.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
+        points = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        with self._buffer_lock:
+            self._buffer += points
+            waiting = len(self._buffer)
+        if self.flush_at and waiting >= self.flush_at:
+            self._wake.set()
 
     def _flush_loop(self) -> None:
-        while not self._stop.wait(self.flush_every_s):
+        while True:
+            self._wake.wait(self.flush_every_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
                 self.flush()
             except BaseException as exc:  # close() then ends the run FAILED: no silent gaps
@@ -289,7 +310,8 @@ class RunTracker:
 
     def flush(self) -> None:
         with self._lock:
-            pending, self._buffer = self._buffer, []
+            with self._buffer_lock:
+                pending, self._buffer = self._buffer, []
             for i in range(0, len(pending), BATCH):
                 _retry(
                     lambda chunk=pending[i : i + BATCH]: self.client.log_batch(
@@ -315,6 +337,7 @@ class RunTracker:
     def close(self, status: str, reason: str | None = None) -> None:
         """Write every buffered point, then end the run with `status` and its reason."""
         self._stop.set()
+        self._wake.set()
         self._thread.join()
         try:
             self.flush()
