@@ -214,17 +214,21 @@ def orphan_reason(
 ) -> str | None:
     """Why a RUNNING trial with system attributes `attrs` has no live owner, or None.
 
-    On this host the pids decide: the trial is orphaned when its sweep process and its job
-    process are both gone. Elsewhere only the heartbeat can: no sign of life for `grace_s`.
+    On this host the pids decide: the trial is orphaned when its sweep process is gone and its
+    job process is gone or done with it (a joblib worker outlives its jobs). Elsewhere only
+    the heartbeat can: no sign of life for `grace_s`.
     A trial without our attributes (another tool's) is never declared orphaned."""
     owners = [attrs[p] for p in (SWEEPER_PREFIX, JOB_PREFIX) if isinstance(attrs.get(p), dict)]
     if not owners:
         return None
     if all(owner.get("host") == host for owner in owners):
-        if any(is_alive(int(o["pid"]), o.get("pid_start") or None) for o in owners):
+        running = [o for o in owners if not o.get("ended")]  # a job that ended holds nothing
+        if any(is_alive(int(o["pid"]), o.get("pid_start") or None) for o in running):
             return None
-        pids = " and ".join(sorted({str(o["pid"]) for o in owners}))
-        return f"process {pids} on {host} died while the trial was RUNNING"
+        sweeper = attrs.get(SWEEPER_PREFIX)
+        if isinstance(sweeper, dict):
+            return f"the sweep process {sweeper['pid']} on {host} died while the trial was RUNNING"
+        return f"process {owners[0]['pid']} on {host} died while the trial was RUNNING"
     beat = float(attrs.get(HEARTBEAT, 0.0))
     if now - beat > grace_s:
         hosts = ", ".join(sorted({str(o.get("host")) for o in owners}))
@@ -353,8 +357,13 @@ class TrialHandle:
                 next_beat = time.monotonic() + self._heartbeat_s
 
     def close(self) -> None:
+        """Stop the heartbeat and record that this process is done with the trial (its pid
+        may live on, e.g. a joblib worker, without running it: see `orphan_reason`)."""
         self._stop.set()
         self._thread.join()
+        job = dict(owner_attrs(JOB_PREFIX)[JOB_PREFIX], ended=True)
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            self.storage.set_trial_system_attr(self.trial_id, JOB_PREFIX, job)
 
 
 @contextlib.contextmanager

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -666,3 +669,36 @@ def test_a_postgres_storage_is_resumed_by_the_same_command(project: Path, pg_url
     assert "optuna-dashboard 'postgresql" in done.stdout
     study = load(pg_url)
     assert len(study.trials) == 3 and len(parents(project)) == 1
+
+
+def test_optuna_dashboard_opens_the_study_with_the_printed_command(project: Path) -> None:
+    pytest.importorskip("optuna_dashboard", reason="the `dashboard` extra is not installed")
+    done = train(project, *OPTUNA, "lr=interval(0.1, 1)", "hydra.sweeper.n_trials=2", *SMALL)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (command,) = [line for line in done.stdout.splitlines() if "optuna-dashboard" in line]
+    storage = command.split("optuna-dashboard ", 1)[1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dashboard = Path(sys.executable).parent / "optuna-dashboard"
+    server = subprocess.Popen(
+        [str(dashboard), storage, "--port", str(port), "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                url = f"http://127.0.0.1:{port}/api/studies"
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    studies = json.load(response)["study_summaries"]
+                break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(0.5)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert [s["study_name"] for s in studies] == ["train"]

@@ -219,10 +219,13 @@ def test_a_trial_is_orphaned_when_its_processes_on_this_host_are_gone() -> None:
         HEARTBEAT: time.time(),  # a fresh heartbeat does not matter on this host
     }
     reason = orphan_reason(attrs, host=host, now=time.time(), grace_s=60)
-    assert reason is not None and f"process {gone}" in reason and "died" in reason
+    assert reason == f"the sweep process {gone} on {host} died while the trial was RUNNING"
     # the sweep alive, or the job alive: not orphaned
     alive_attrs = {**attrs, JOB_PREFIX: owner_attrs(JOB_PREFIX)[JOB_PREFIX]}
     assert orphan_reason(alive_attrs, host=host, now=time.time(), grace_s=60) is None
+    # a job process that is alive but done with the trial (a joblib worker) holds nothing
+    ended = {**attrs, JOB_PREFIX: {**alive_attrs[JOB_PREFIX], "ended": True}}
+    assert "died" in orphan_reason(ended, host=host, now=time.time(), grace_s=60)
     # a reused pid (same number, another start time) is not the owner
     me = os.getpid()
     reused = {SWEEPER_PREFIX: {"host": host, "pid": me, "pid_start": "1"}}
@@ -279,6 +282,7 @@ def test_the_handle_reports_every_evaluation_and_says_stop_when_pruned(tmp_path:
     assert frozen.user_attrs["mlflow.run_id"] == "run-123"
     job = frozen.system_attrs[JOB_PREFIX]
     assert job["pid"] == os.getpid() and job["host"] == socket.gethostname()
+    assert job["ended"] is True  # closed: this process no longer runs the trial
     assert frozen.system_attrs[HEARTBEAT] > 0
 
 

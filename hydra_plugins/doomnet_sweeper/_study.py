@@ -203,7 +203,7 @@ class StudyRun:
         from doomnet.trial import JOB_PREFIX
 
         job = self.storage.get_trial_system_attrs(flight.trial_id).get(JOB_PREFIX) or {}
-        if job.get("host") == socket.gethostname() and job.get("pid"):
+        if job.get("host") == socket.gethostname() and job.get("pid") and not job.get("ended"):
             return int(job["pid"])
         return None
 

@@ -394,6 +394,8 @@ class OptunaSweeper(Sweeper):
             except Exception as exc:  # deleted, or another store: start a new parent run
                 log.warning("MLflow parent run %s cannot be reopened (%s)", parent_id, exc)
             else:
+                with contextlib.suppress(Exception):  # the reason a dead sweep left is stale
+                    value.client.delete_tag(value.run_id, "doomnet.end_reason")
                 return _Entered(cm, value)
         return parent_run(tracking_cfg, project_dir, run_name=title, params=params, tags=tags)
 
