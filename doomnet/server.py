@@ -13,11 +13,14 @@ from pathlib import Path
 
 def ensure_database(url: str) -> bool:
     """Create the PostgreSQL database `url` names if it does not exist; True if created."""
-    if not url.startswith(("postgresql://", "postgresql+psycopg2://")):
-        return False
     import sqlalchemy
 
-    target = sqlalchemy.engine.make_url(url)
+    try:
+        target = sqlalchemy.engine.make_url(url)
+    except sqlalchemy.exc.ArgumentError:  # not a database URL (a file store, a server)
+        return False
+    if target.get_backend_name() != "postgresql":
+        return False
     admin = target.set(database="postgres")
     engine = sqlalchemy.create_engine(admin, isolation_level="AUTOCOMMIT")
     try:
@@ -26,10 +29,19 @@ def ensure_database(url: str) -> bool:
                 sqlalchemy.text("SELECT 1 FROM pg_database WHERE datname = :name"),
                 {"name": target.database},
             ).scalar()
-            if not exists:
-                name = target.database.replace('"', '""')
+            if exists:
+                return False
+            name = target.database.replace('"', '""')
+            try:
                 conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
-            return not exists
+            except sqlalchemy.exc.DBAPIError:  # another worker created it at the same moment
+                if not conn.execute(
+                    sqlalchemy.text("SELECT 1 FROM pg_database WHERE datname = :name"),
+                    {"name": target.database},
+                ).scalar():
+                    raise
+                return False
+            return True
     except sqlalchemy.exc.OperationalError as exc:
         reason = str(exc.orig).strip().splitlines()[0]
         raise RuntimeError(

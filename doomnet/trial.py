@@ -236,10 +236,15 @@ def orphan_reason(
     return None
 
 
+def is_rdb(storage: optuna.storages.BaseStorage) -> bool:
+    """An RDB storage, bare or as a study holds it (wrapped in Optuna's cache)."""
+    return isinstance(getattr(storage, "_backend", storage), optuna.storages.RDBStorage)
+
+
 def record_heartbeat(storage: optuna.storages.BaseStorage, trial_id: int) -> None:
     """A sign of life for a RUNNING trial: Optuna's own heartbeat on an RDB storage (its
     `fail_stale_trials` reads it), a time-stamped system attribute in a journal file."""
-    if isinstance(storage, optuna.storages.RDBStorage):
+    if is_rdb(storage):
         storage.record_heartbeat(trial_id)
     else:
         storage.set_trial_system_attr(trial_id, HEARTBEAT, time.time())

@@ -72,6 +72,8 @@ class StudyRun:
         self.grace_s: int = settings["grace_s"]
         self.heartbeat_s: int = settings["heartbeat_s"]
         self.direction: str = settings["direction"]
+        # Taken around "is there room? then ask" by every worker of the study (_workers).
+        self.lock = settings.get("lock") or contextlib.nullcontext()
         self.parent = None  # the MLflow parent run (doomnet.tracking.SweepRun) or None
         self.task_overrides: list[str] = []
         self.best_number: int | None = None
@@ -109,6 +111,13 @@ class StudyRun:
             untaken = self.space.grid_size() - len(taken)
             budget = min(budget, states.count("WAITING") + max(untaken, 0))
         return max(budget, 0)
+
+    def others_running(self) -> bool:
+        """Whether the study still needs trials that are RUNNING elsewhere (other workers'):
+        if one of them dies, its trial is retried, so a worker with nothing to ask waits."""
+        states = [t.state.name for t in self.trials()]
+        done = states.count("COMPLETE") + states.count("PRUNED")
+        return "RUNNING" in states and done < self.n_trials
 
     def failure_stop(self) -> str | None:
         """Why the study must stop asking (`max_failures` FAIL trials, retried ones not

@@ -26,6 +26,7 @@ Config-compatible with the official hydra-optuna-sweeper (`sampler`, `direction`
 import contextlib
 import importlib.util
 import logging
+import math
 import os
 import queue
 import signal
@@ -69,6 +70,13 @@ from hydra_plugins.doomnet_sweeper._study import (
     dashboard_command,
     outcome,
     storage_label,
+)
+from hydra_plugins.doomnet_sweeper._workers import (
+    JOINED_ATTR,
+    StudyLock,
+    ensure_database,
+    join,
+    worker_seed,
 )
 
 log = logging.getLogger(__name__)
@@ -251,7 +259,11 @@ class OptunaSweeper(Sweeper):
         n_jobs = int(conf.get("n_jobs", 1))
         identity = {**space.identity(), "direction": settings["direction"]}
 
+        ensure_database(storage_str)  # PostgreSQL: the first worker creates the database
+        lock = StudyLock(storage_str, study_name)  # see _workers: N sweepers, one study
+        joining = contextlib.ExitStack()  # holds the lock until this sweep has joined the study
         try:
+            joining.enter_context(lock)  # workers of a new database: one creates the tables
             storage = open_storage(
                 storage_str,
                 heartbeat_interval=heartbeat_s if is_url(storage_str) else None,
@@ -281,12 +293,13 @@ class OptunaSweeper(Sweeper):
                         f"to resume it, or give hydra.sweeper.study_name=<new name> to start "
                         f"another"
                     )
-        n_before = 0
+        n_before = joined = 0
         if study_name in existing:
             n_before = storage.get_n_trials(existing[study_name]._study_id)
+            joined = int(existing[study_name].system_attrs.get(JOINED_ATTR, 0))
         seed = conf.get("seed")
         if seed is not None and kind != "qmc":  # a resumed sampler must not redraw old points
-            seed = int(seed) + n_before
+            seed = worker_seed(seed, n_before, joined)  # nor one started beside it the same
         try:
             sampler, s_spec = make_sampler(s_spec, space, seed=seed, n_jobs=n_jobs)
         except Exception as exc:
@@ -303,6 +316,7 @@ class OptunaSweeper(Sweeper):
         study.set_user_attr("doomnet.identity", identity)
         study.set_user_attr(PRUNER_ATTR, p_spec)
         study.set_user_attr(HEARTBEAT_ATTR, heartbeat_s)
+        join(storage, study._study_id)
 
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -321,6 +335,7 @@ class OptunaSweeper(Sweeper):
             grace_s=grace_s,
             heartbeat_s=heartbeat_s,
             direction=settings["direction"],
+            lock=lock,
         )
         counts = ctx.counts()
         verb = "resuming" if n_before else "creating"
@@ -356,6 +371,9 @@ class OptunaSweeper(Sweeper):
         }
         title = f"study {study_name}"
         parent_cm = self._parent(tracking_cfg, project_dir, title, params, tags, parent_id)
+        if isinstance(parent_cm, _Entered):  # the study's one parent run, for every worker
+            study.set_user_attr("mlflow.parent_run_id", parent_cm.value.run_id)
+        joining.close()
         with parent_cm as parent:
             ctx.parent = parent
             if parent is not None:
@@ -397,7 +415,8 @@ class OptunaSweeper(Sweeper):
                 with contextlib.suppress(Exception):  # the reason a dead sweep left is stale
                     value.client.delete_tag(value.run_id, "doomnet.end_reason")
                 return _Entered(cm, value)
-        return parent_run(tracking_cfg, project_dir, run_name=title, params=params, tags=tags)
+        cm = parent_run(tracking_cfg, project_dir, run_name=title, params=params, tags=tags)
+        return _Entered(cm, cm.__enter__())  # created while this sweep holds the study's lock
 
     def _task_overrides(self, ctx: StudyRun) -> list[str]:
         """What every job gets besides its parameters: the trial handle and the parent run,
@@ -432,19 +451,28 @@ class OptunaSweeper(Sweeper):
         results: queue.Queue = queue.Queue()
         in_flight: dict[int, Flight] = {}
         stop_reason = None
-        last_beat = time.monotonic()
+        last_beat = last_reap = time.monotonic()
+        waiting_shown = False
         try:
             while True:
+                if time.monotonic() - last_reap > min(ctx.heartbeat_s, 5):
+                    self._fail_orphans(ctx)  # trials of workers that died meanwhile
+                    last_reap = time.monotonic()
                 stop_reason = stop_reason or ctx.failure_stop()
                 room = 0 if stop_reason else ctx.room()
                 free = ctx.n_jobs - len(in_flight)
                 if room > 0 and free > 0:
                     if asynchronous:
                         flight = self._ask(ctx)
+                        if flight is None:  # another worker took the room meanwhile
+                            continue
                         in_flight[flight.number] = flight
                         self._launch_async(flight, results)
                         continue
                     batch = [self._ask(ctx) for _ in range(min(room, free))]
+                    batch = [flight for flight in batch if flight is not None]
+                    if not batch:  # other workers of the study took the room meanwhile
+                        continue
                     for flight in batch:
                         in_flight[flight.number] = flight
                     try:
@@ -457,7 +485,15 @@ class OptunaSweeper(Sweeper):
                         self._finish(ctx, in_flight.pop(flight.number), result)
                     continue
                 if not in_flight:
-                    return stop_reason
+                    if stop_reason or not ctx.others_running():
+                        return stop_reason
+                    # The study's last trials run in other workers: wait, and retry them here
+                    # if their worker dies (the orphan check above, every few seconds).
+                    if not waiting_shown:
+                        log.info("waiting for the trials other workers are running")
+                        waiting_shown = True
+                    time.sleep(1.0)
+                    continue
                 try:
                     number, result = results.get(timeout=1.0)
                 except queue.Empty:
@@ -471,10 +507,15 @@ class OptunaSweeper(Sweeper):
                 self._abandon(ctx, in_flight, results, exc)
             raise
 
-    def _ask(self, ctx: StudyRun) -> Flight:
+    def _ask(self, ctx: StudyRun) -> Optional[Flight]:  # noqa: UP045
+        """Ask the study for a trial; None if, under the study's lock, there is no room left
+        (other workers of the study asked meanwhile: `n_trials` is their total)."""
         from doomnet.trial import SWEEPER_PREFIX, owner_attrs
 
-        trial = ctx.study.ask(fixed_distributions=ctx.space.distributions())
+        with ctx.lock:
+            if ctx.room() <= 0:
+                return None
+            trial = ctx.study.ask(fixed_distributions=ctx.space.distributions())
         extra: list[str] = []
         if ctx.extend is not None:
             returned = ctx.extend(self.config, trial)
@@ -545,14 +586,17 @@ class OptunaSweeper(Sweeper):
         elsewhere; Optuna's own heartbeat check on an RDB storage)."""
         import optuna
 
-        from doomnet.trial import orphan_reason
+        from doomnet.trial import is_rdb, orphan_reason
 
         host = socket.gethostname()
         now = time.time()
+        # On an RDB storage heartbeats go to Optuna's own table (fail_stale_trials below reads
+        # it); the heartbeat attribute there is only the time the trial was asked for.
+        grace_s = math.inf if is_rdb(ctx.storage) else ctx.grace_s
         for trial in ctx.study.get_trials(
             deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)
         ):
-            why = orphan_reason(trial.system_attrs, host=host, now=now, grace_s=ctx.grace_s)
+            why = orphan_reason(trial.system_attrs, host=host, now=now, grace_s=grace_s)
             if why is not None:
                 log.warning("#%d was left RUNNING: %s; failed, retried", trial.number, why)
                 ctx.requeue(Flight(trial.number, trial._trial_id, "", []), why, killed=False)
