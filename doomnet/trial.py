@@ -283,6 +283,9 @@ class TrialHandle:
             self.storage.set_trial_system_attr(trial_id, key, value)
         self._thread = threading.Thread(target=self._watch, name="optuna-heartbeat", daemon=True)
         self._thread.start()
+        _OPEN.add(self)
+        if self._sweeper is not None and os.getppid() == self._sweeper[0]:
+            _exit_with(*self._sweeper)  # a worker process the sweep spawned (joblib)
 
     @classmethod
     def open(cls, cfg: TrialConfig, **kwargs: Any) -> TrialHandle:
@@ -366,9 +369,29 @@ class TrialHandle:
         may live on, e.g. a joblib worker, without running it: see `orphan_reason`)."""
         self._stop.set()
         self._thread.join()
+        _OPEN.discard(self)
         job = dict(owner_attrs(JOB_PREFIX)[JOB_PREFIX], ended=True)
         with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
             self.storage.set_trial_system_attr(self.trial_id, JOB_PREFIX, job)
+
+
+_OPEN: set[TrialHandle] = set()  # this process's open handles
+_SWEEPS_WATCHED: set[int] = set()
+
+
+def _exit_with(pid: int, started: str | None) -> None:
+    """End this worker process (a joblib worker outlives the sweep that spawned it, idle,
+    for good) once its parent, sweep process `pid`, is gone and no trial of it is open here."""
+    if pid in _SWEEPS_WATCHED:
+        return
+    _SWEEPS_WATCHED.add(pid)
+
+    def watch() -> None:
+        while alive(pid, started) or any(h._sweeper == (pid, started) for h in list(_OPEN)):
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name=f"exit-with-sweep-{pid}", daemon=True).start()
 
 
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from doomnet.trial import JOB_PREFIX, open_storage
+from doomnet.trial import JOB_PREFIX, alive, open_storage
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -69,6 +69,7 @@ def train(project: Path, *args: str, timeout: float = 600, **extra_env: str):
 
 
 def start(project: Path, *args: str) -> subprocess.Popen:
+    """The command in the background, in a process group of its own (as a terminal's job)."""
     return subprocess.Popen(
         [sys.executable, "train.py", *args],
         cwd=project,
@@ -76,6 +77,7 @@ def start(project: Path, *args: str) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,
     )
 
 
@@ -128,14 +130,16 @@ def wait_for(
     raise AssertionError("the study never reached the awaited state")
 
 
-def running_with_points(min_number: int = 0, min_points: int = 2, count: int = 1):
+def running_with_points(
+    min_number: int = 0, min_points: int = 2, count: int = 1, max_points: int = 10**9
+):
     """A check: `count` RUNNING trials (number >= min_number) with reported values."""
 
     def check(study: optuna.Study):
         trials = [
             t
             for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            if t.number >= min_number and len(t.intermediate_values) >= min_points
+            if t.number >= min_number and min_points <= len(t.intermediate_values) <= max_points
         ]
         return trials if len(trials) >= count else None
 
@@ -266,7 +270,7 @@ def test_a_sweep_killed_mid_trial_resumes_to_exactly_n_trials(
         args.append(f"hydra.sweeper.n_jobs={workers}")
     proc = start(project, *args)
     try:
-        wait_for(url, running_with_points(min_number=1, min_points=2))
+        wait_for(url, running_with_points(min_number=1, min_points=2, max_points=50))
     finally:
         proc.kill()
         proc.wait()
@@ -274,6 +278,16 @@ def test_a_sweep_killed_mid_trial_resumes_to_exactly_n_trials(
     assert 1 <= len(killed) <= workers  # the dead sweep left them RUNNING
     killed_runs = [t.user_attrs["mlflow.run_id"] for t in killed if "mlflow.run_id" in t.user_attrs]
     assert killed_runs  # at least the trial caught mid-training had its run
+    # the joblib workers notice that their sweep died: they stop the trial and exit
+    workers_left = {
+        t.system_attrs[JOB_PREFIX]["pid"] for t in killed if JOB_PREFIX in t.system_attrs
+    }
+    workers_left.discard(proc.pid)
+    deadline = time.time() + 120
+    while workers_left and time.time() < deadline:
+        workers_left = {pid for pid in workers_left if alive(pid)}
+        time.sleep(0.5)
+    assert not workers_left, f"workers of the dead sweep still alive: {workers_left}"
 
     again = train(project, *args)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -534,7 +548,15 @@ def test_a_named_sweep_runs_from_the_sweeps_folder_and_reruns_resume(project: Pa
     assert len(parents(project)) == 1 and len(children(project)) == 4
 
 
-def test_sigterm_stops_the_workers_leaves_nothing_running_and_resumes(project: Path) -> None:
+@pytest.mark.parametrize(
+    "how, code, reason",
+    [("sigterm", 143, "interrupted (SIGTERM)"), ("ctrl-c", 130, "interrupted (Ctrl-C)")],
+)
+def test_an_interrupted_sweep_stops_its_workers_leaves_nothing_running_and_resumes(
+    project: Path, how: str, code: int, reason: str
+) -> None:
+    """SIGTERM to the sweep process alone (it stops its jobs), or Ctrl-C at a terminal
+    (SIGINT to the whole process group, joblib workers included)."""
     args = [
         *OPTUNA,
         "hydra/launcher=joblib",
@@ -553,19 +575,26 @@ def test_sigterm_stops_the_workers_leaves_nothing_running_and_resumes(project: P
     ]
     proc = start(project, *args)
     try:
-        interrupted = wait_for(journal(project), running_with_points(min_points=1, count=2))
-        proc.send_signal(signal.SIGTERM)
+        # both workers mid-trial, neither past half its 100 evaluations
+        check = running_with_points(min_points=1, max_points=50, count=2)
+        interrupted = wait_for(journal(project), check)
+        if how == "sigterm":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
         proc.wait()
-    assert proc.returncode == 143, err[-3000:]
+    assert proc.returncode == code, err[-3000:]
     study = load(journal(project))
     assert "RUNNING" not in states(study)
     for trial in interrupted:
         trial = study.trials[trial.number]
         assert trial.state == TrialState.FAIL
-        assert trial.user_attrs["fail_reason"] == "interrupted (SIGTERM)"
+        assert trial.user_attrs["fail_reason"] == reason
+        (retry,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == trial.number]
+        assert retry.state == TrialState.WAITING and retry.params == trial.params
     no_running_runs(project)
     for trial in interrupted:
         run = client_for(project).get_run(study.trials[trial.number].user_attrs["mlflow.run_id"])
@@ -597,7 +626,7 @@ def test_a_killed_worker_fails_its_trial_and_the_study_goes_on(project: Path) ->
     ]
     proc = start(project, *args)
     try:
-        (victim,) = wait_for(journal(project), running_with_points(min_points=2))
+        (victim,) = wait_for(journal(project), running_with_points(min_points=2, max_points=50))
         os.kill(victim.system_attrs[JOB_PREFIX]["pid"], signal.SIGKILL)
         out, err = proc.communicate(timeout=600)
     finally:

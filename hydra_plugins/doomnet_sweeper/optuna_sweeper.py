@@ -446,8 +446,15 @@ class OptunaSweeper(Sweeper):
 
     def _run_trials(self, ctx: StudyRun) -> Optional[str]:  # noqa: UP045
         """Ask, launch and tell until the study has its trials; the reason if it stopped."""
-        asynchronous = ctx.n_jobs > 1 and self.conf.get("keep_busy", True)
-        asynchronous = asynchronous and not self._in_process()
+        n_jobs = ctx.n_jobs
+        if n_jobs > 1 and self._in_process():
+            log.warning(
+                "n_jobs=%d needs a launcher that runs jobs in other processes "
+                "(hydra/launcher=joblib); Hydra's basic launcher runs one trial at a time",
+                n_jobs,
+            )
+            n_jobs = 1
+        asynchronous = n_jobs > 1 and self.conf.get("keep_busy", True)
         results: queue.Queue = queue.Queue()
         in_flight: dict[int, Flight] = {}
         stop_reason = None
@@ -460,7 +467,7 @@ class OptunaSweeper(Sweeper):
                     last_reap = time.monotonic()
                 stop_reason = stop_reason or ctx.failure_stop()
                 room = 0 if stop_reason else ctx.room()
-                free = ctx.n_jobs - len(in_flight)
+                free = n_jobs - len(in_flight)
                 if room > 0 and free > 0:
                     if asynchronous:
                         flight = self._ask(ctx)
@@ -527,10 +534,9 @@ class OptunaSweeper(Sweeper):
         for key, value in owner_attrs(SWEEPER_PREFIX).items():
             storage.set_trial_system_attr(trial._trial_id, key, value)
         storage.set_trial_user_attr(trial._trial_id, "run_name", name)
-        overrides = [*ctx.space.fixed, *ctx.space.overrides(values), *extra]
-        overrides += ctx.task_overrides + [f"trial.number={trial.number}"] * (
-            "trial" in self.config
-        )
+        overrides = [*ctx.space.fixed, *ctx.space.overrides(values), *extra, *ctx.task_overrides]
+        if "trial" in self.config:
+            overrides.append(f"trial.number={trial.number}")
         if "tracking" in self.config:
             overrides.append(f"tracking.run_name={quote(name)}")
         return Flight(trial.number, trial._trial_id, name, overrides)
@@ -559,16 +565,16 @@ class OptunaSweeper(Sweeper):
         else:
             reason = f"the sweep stopped: {type(exc).__name__}: {exc}"
         log.warning("%s: stopping %d running trial(s)", reason, len(in_flight))
-        me = os.getpid()
-        for flight in in_flight.values():
-            pid = ctx.job_pid(flight)
-            if pid is not None and pid != me:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 60
-        while in_flight and not self._in_process() and time.monotonic() < deadline:
+        # Jobs in other processes: Ctrl-C at a terminal reached them too, so give them a
+        # moment to close their runs by themselves (a second signal could cut that short);
+        # then SIGTERM the ones still running (a SIGTERM sent to this process only).
+        start, signalled = time.monotonic(), False
+        while in_flight and not self._in_process() and time.monotonic() - start < 60:
+            if not signalled and time.monotonic() - start > 3:
+                self._terminate_jobs(ctx, in_flight.values())
+                signalled = True
             try:
-                number, result = results.get(timeout=1.0)
+                number, result = results.get(timeout=0.5)
             except queue.Empty:
                 continue
             flight = in_flight.pop(number)
@@ -580,6 +586,15 @@ class OptunaSweeper(Sweeper):
         for flight in in_flight.values():
             ctx.requeue(flight, reason)
         in_flight.clear()
+
+    @staticmethod
+    def _terminate_jobs(ctx: StudyRun, flights: Any) -> None:
+        """SIGTERM the processes (of this host) running these trials' jobs."""
+        for flight in list(flights):
+            pid = ctx.job_pid(flight)
+            if pid is not None and pid != os.getpid():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
 
     def _fail_orphans(self, ctx: StudyRun) -> None:
         """Fail and requeue the trials a dead sweep left RUNNING (pids on this host, heartbeat
