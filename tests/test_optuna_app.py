@@ -461,6 +461,10 @@ def test_max_failures_stops_the_study_with_one_line(project: Path) -> None:
     [
         (["hydra.sweeper.sampler=annealing", "lr=interval(0.1, 1)"], "unknown sampler 'annealing'"),
         (["hydra.sweeper.pruner=early", "lr=interval(0.1, 1)"], "unknown pruner 'early'"),
+        (
+            ["+hydra.sweeper.sampler.n_startup=3", "lr=interval(0.1, 1)"],
+            "bad sampler: TPESampler.__init__() got an unexpected keyword argument 'n_startup'",
+        ),
         (["hydra.sweeper.direction=up", "lr=interval(0.1, 1)"], "direction must be"),
         (["hydra.sweeper.n_trials=0", "lr=interval(0.1, 1)"], "n_trials must be"),
         (["hydra.sweeper.sampler=grid", "lr=interval(0.1, 1)"], "lr is an interval"),

@@ -147,6 +147,17 @@ def test_samplers_by_name_get_the_seed_and_the_grid() -> None:
         assert type(sampler).__name__ == cls
 
 
+def test_sampler_settings_by_name_group_node_or_target() -> None:
+    node = {"_target_": "optuna.samplers.TPESampler", "name": None, "seed": None, "popsize": None}
+    assert sampler_spec(node) == {"_target_": "optuna.samplers.TPESampler"}
+    # a name given on top of the default node picks the class; set keys are kept
+    picked = sampler_spec({**node, "name": "random", "seed": 4})
+    assert picked == {"_target_": "optuna.samplers.RandomSampler", "seed": 4}
+    assert sampler_spec("qmc") == {"_target_": "optuna.samplers.QMCSampler"}
+    own = {"_target_": "optuna.samplers.NSGAIISampler", "population_size": 8}
+    assert sampler_spec(own) == own  # any Optuna sampler by its class
+
+
 def test_unknown_sampler_and_pruner_names_are_refused() -> None:
     with pytest.raises(ValueError, match="unknown sampler 'annealing'"):
         sampler_spec("annealing")
@@ -475,3 +486,27 @@ def test_storage_labels_hide_passwords_and_shorten_project_paths(tmp_path: Path)
     assert storage_label(str(tmp_path / "mlruns" / "optuna.journal"), tmp_path) == (
         "mlruns/optuna.journal"
     )
+
+
+def test_the_shipped_named_sweeps_compose_into_optuna_studies() -> None:
+    """sweeps/*.yaml at the project's top level is the config group `sweeps`."""
+    from hydra import compose, initialize_config_dir
+
+    from doomnet.config import CONF_DIR, to_config
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        tpe = compose("config", overrides=["sweeps=lr_hidden"], return_hydra_config=True)
+        grid = compose("config", overrides=["sweeps=notebook_grid"], return_hydra_config=True)
+        task = to_config(compose("config", overrides=["sweeps=notebook_grid"]))
+    sweeper = tpe.hydra.sweeper
+    assert sweeper._target_.endswith("optuna_sweeper.OptunaSweeper")
+    assert sampler_spec(sweeper.sampler) == {"_target_": "optuna.samplers.TPESampler"}
+    assert set(sweeper.params) == {"lr", "hidden", "init_std"}
+    assert sweeper.pruner.name == "median" and sweeper.study_name == "lr_hidden"
+    s = space(*(f"{k}={v}" for k, v in sweeper.params.items()))
+    assert isinstance(s.params["lr"].distribution, FloatDistribution)
+    assert sampler_spec(grid.hydra.sweeper.sampler)["_target_"] == "optuna.samplers.GridSampler"
+    g = space(*(f"{k}={v}" for k, v in grid.hydra.sweeper.params.items()))
+    assert g.grid_size() == grid.hydra.sweeper.n_trials == 12
+    # the task config itself is the project's, not a copy in the sweep
+    assert task.iterations == 2000 and task.data.name == "mnist_5k" and task.eval_every == 20

@@ -23,6 +23,24 @@ SAMPLERS = {
     "cmaes": "CmaEsSampler",
     "qmc": "QMCSampler",
 }
+# The keyword arguments each sampler's config node lists (None: Optuna's default), so that
+# `hydra.sweeper.sampler.n_startup_trials=5` or a YAML mapping can set them (Hydra's config is
+# closed to new keys). From Optuna 5.1; a name a later Optuna drops stays None and unused.
+SAMPLER_KWARGS = {
+    "tpe": [
+        "consider_prior", "prior_weight", "consider_magic_clip", "consider_endpoints",
+        "n_startup_trials", "n_ei_candidates", "multivariate", "group",
+        "warn_independent_sampling", "constant_liar",
+    ],
+    "random": [],
+    "grid": ["search_space"],
+    "cmaes": [
+        "x0", "sigma0", "n_startup_trials", "warn_independent_sampling",
+        "consider_pruned_trials", "restart_strategy", "popsize", "inc_popsize",
+        "use_separable_cma", "with_margin", "lr_adapt",
+    ],
+    "qmc": ["qmc_type", "scramble", "warn_asynchronous_seeding", "warn_independent_sampling"],
+}  # fmt: skip
 # Task overrides that do not change what a trial computes (left out of the study's identity).
 NOT_IDENTITY = ("progress", "tracking.", "trial.")
 
@@ -184,21 +202,22 @@ def identity_difference(old: dict, new: dict) -> str:
 
 
 def sampler_spec(spec: Any) -> dict:
-    """The sampler config as a dict with `_target_`: a name, {name: ...} or {_target_: ...}."""
+    """The sampler config as a dict with `_target_` and only the keys that are set: a name,
+    {name: ..., kwargs} or the official plugin's {_target_: ..., kwargs}. A `name` that is set
+    wins over the `_target_` of the default node it was merged into."""
     if isinstance(spec, DictConfig):
         spec = OmegaConf.to_container(spec, resolve=True)
     if isinstance(spec, str):
         spec = {"name": spec}
     if not isinstance(spec, dict):
         raise ValueError(f"sampler must be a name or a mapping, got {spec!r}")
-    spec = dict(spec)
-    if "_target_" not in spec:
-        name = str(spec.pop("name", "tpe")).lower()
+    spec = {k: v for k, v in spec.items() if v is not None}
+    name = spec.pop("name", None)
+    if name is not None or "_target_" not in spec:
+        name = str(name or "tpe").lower()
         if name not in SAMPLERS:
             raise ValueError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")
         spec["_target_"] = f"optuna.samplers.{SAMPLERS[name]}"
-    else:
-        spec.pop("name", None)
     return spec
 
 

@@ -51,6 +51,7 @@ from hydra_plugins.doomnet_sweeper._common import (
     tracking_config,
 )
 from hydra_plugins.doomnet_sweeper._search import (
+    SAMPLER_KWARGS,
     SAMPLERS,
     Param,
     SearchSpace,
@@ -115,7 +116,8 @@ def register() -> None:
     store = ConfigStore.instance()
     store.store(group="hydra/sweeper", name="optuna", node=OptunaSweeperConf, provider="doomnet")
     for name, cls in SAMPLERS.items():
-        node = {"_target_": f"optuna.samplers.{cls}", "seed": None}
+        node = {"_target_": f"optuna.samplers.{cls}", "name": None, "seed": None}
+        node |= dict.fromkeys(SAMPLER_KWARGS[name])
         store.store(group="hydra/sweeper/sampler", name=name, node=node, provider="doomnet")
 
 
@@ -237,6 +239,11 @@ class OptunaSweeper(Sweeper):
                     f"the grid sampler needs choice(...) or range(...) for every key; "
                     f"{', '.join(intervals)} is an interval"
                 )
+        try:  # built once now so that bad keyword arguments fail before anything exists
+            make_sampler(s_spec, space, seed=conf.get("seed"), n_jobs=int(conf.get("n_jobs", 1)))
+        except Exception as exc:
+            cause = exc.__cause__ or exc  # Hydra's instantiate wraps the constructor's error
+            raise SweepConfigError(f"bad sampler: {' '.join(str(cause).split())}") from exc
         extend = None
         if conf.get("custom_search_space"):
             from hydra.utils import get_method
@@ -300,10 +307,7 @@ class OptunaSweeper(Sweeper):
         seed = conf.get("seed")
         if seed is not None and kind != "qmc":  # a resumed sampler must not redraw old points
             seed = worker_seed(seed, n_before, joined)  # nor one started beside it the same
-        try:
-            sampler, s_spec = make_sampler(s_spec, space, seed=seed, n_jobs=n_jobs)
-        except Exception as exc:
-            raise SweepConfigError(f"bad sampler: {str(exc).splitlines()[0]}") from exc
+        sampler, s_spec = make_sampler(s_spec, space, seed=seed, n_jobs=n_jobs)
 
         study = optuna.create_study(
             storage=storage,
