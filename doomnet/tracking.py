@@ -262,9 +262,8 @@ class RunTracker:
     """A training run in MLflow: buffers metrics from the loop, flushes them in a thread.
 
     Call it as a `fit` callback: `tracker(step, metrics)` only appends to a list. A thread
-    writes the buffer every `flush_every_s` seconds, and sooner once `flush_at` points are
-    waiting (MLflow's batch size), so the final write at `close` stays small: it is the part
-    of the logging that nothing overlaps.
+    writes the buffer every `flush_every_s` seconds, or also as soon as `flush_at` points are
+    waiting (off by default: benchmarks/tracking_overhead.py measured no gain from it).
     """
 
     def __init__(
@@ -272,7 +271,7 @@ class RunTracker:
         client: MlflowClient,
         run_id: str,
         flush_every_s: float = 5.0,
-        flush_at: int | None = BATCH,
+        flush_at: int | None = None,
     ):
         self.client = client
         self.run_id = run_id
