@@ -281,6 +281,7 @@ class TrialHandle:
         self._sweeper = self._local_owner(attrs, SWEEPER_PREFIX)
         for key, value in owner_attrs(JOB_PREFIX).items():
             self.storage.set_trial_system_attr(trial_id, key, value)
+        record_heartbeat(self.storage, trial_id)  # at once: the watcher's first is 1 s away
         self._thread = threading.Thread(target=self._watch, name="optuna-heartbeat", daemon=True)
         self._thread.start()
         _OPEN.add(self)

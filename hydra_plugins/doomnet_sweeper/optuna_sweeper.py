@@ -487,9 +487,10 @@ class OptunaSweeper(Sweeper):
                     for flight in batch:
                         in_flight[flight.number] = flight
                     try:
-                        returns = self.launcher.launch(
-                            [f.overrides for f in batch], initial_job_idx=batch[0].number
-                        )
+                        with _beating(ctx, batch):  # e.g. while SLURM jobs wait in the queue
+                            returns = self.launcher.launch(
+                                [f.overrides for f in batch], initial_job_idx=batch[0].number
+                            )
                     except Exception as exc:  # e.g. a job's overrides do not compose
                         returns = [exc] * len(batch)
                     for flight, result in zip(batch, returns, strict=True):
@@ -521,7 +522,7 @@ class OptunaSweeper(Sweeper):
     def _ask(self, ctx: StudyRun) -> Optional[Flight]:  # noqa: UP045
         """Ask the study for a trial; None if, under the study's lock, there is no room left
         (other workers of the study asked meanwhile: `n_trials` is their total)."""
-        from doomnet.trial import SWEEPER_PREFIX, owner_attrs
+        from doomnet.trial import SWEEPER_PREFIX, owner_attrs, record_heartbeat
 
         with ctx.lock:
             if ctx.room() <= 0:
@@ -537,6 +538,9 @@ class OptunaSweeper(Sweeper):
         storage = ctx.study._storage
         for key, value in owner_attrs(SWEEPER_PREFIX).items():
             storage.set_trial_system_attr(trial._trial_id, key, value)
+        # A first sign of life now: Optuna's stale check skips a trial that never had one, so
+        # a worker dying before its job's first heartbeat would leave the trial RUNNING.
+        record_heartbeat(storage, trial._trial_id)
         storage.set_trial_user_attr(trial._trial_id, "run_name", name)
         overrides = [*ctx.space.fixed, *ctx.space.overrides(values), *extra, *ctx.task_overrides]
         if "trial" in self.config:
@@ -642,6 +646,26 @@ class _Entered:
 
     def __exit__(self, *exc: Any) -> Any:
         return self.cm.__exit__(*exc)
+
+
+@contextlib.contextmanager
+def _beating(ctx: StudyRun, flights: list):
+    """Heartbeats for `flights` from this process while the block runs (a launcher that blocks
+    until its jobs end; jobs add their own once they run)."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(ctx.heartbeat_s):
+            with contextlib.suppress(Exception):  # a finished trial, a passing database error
+                ctx.heartbeat(flights)
+
+    thread = threading.Thread(target=beat, name="optuna-sweeper-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 @contextlib.contextmanager
