@@ -270,7 +270,7 @@ def test_a_sweep_killed_mid_trial_resumes_to_exactly_n_trials(
         args.append(f"hydra.sweeper.n_jobs={workers}")
     proc = start(project, *args)
     try:
-        wait_for(url, running_with_points(min_number=1, min_points=2, max_points=50))
+        wait_for(url, running_with_points(min_number=1, min_points=2, max_points=80))
     finally:
         proc.kill()
         proc.wait()
@@ -633,7 +633,7 @@ def test_a_killed_worker_fails_its_trial_and_the_study_goes_on(project: Path) ->
     ]
     proc = start(project, *args)
     try:
-        (victim,) = wait_for(journal(project), running_with_points(min_points=2, max_points=50))
+        (victim,) = wait_for(journal(project), running_with_points(min_points=2, max_points=80))
         os.kill(victim.system_attrs[JOB_PREFIX]["pid"], signal.SIGKILL)
         out, err = proc.communicate(timeout=600)
     finally:
