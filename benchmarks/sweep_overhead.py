@@ -11,27 +11,30 @@ project (train.py, conf/, sweeps/) with its own journal file and MLflow store:
         'lr=tag(log, interval(0.01, 0.5))' 'hidden=choice(16, 32, 64)' \\
         data=mnist_5k iterations=300 eval_every=10 progress=none
 
-1. Overhead per trial = everything a trial costs besides training its model. With the basic
-   launcher (one trial at a time), the study loop runs from the first trial's start to the
-   last one's end (Optuna's datetime_start/datetime_complete). Each trial's training is then
-   timed again here, alone: `fit` with the trial's parameters and no callbacks (updates and
-   validation evaluations, the model's own work). Overhead = (loop - sum of training) / trials:
-   asking, Hydra's per-job composition, data loading, the MLflow run with its artifacts, the
-   trial handle, one journal write per report, telling, the parent run's updates. Process
-   start-up (imports, pre-flight, the study and parent run) comes once and is shown apart.
-   The same with tracking=off shows how much of it is MLflow.
+1. Overhead per trial = what a trial costs besides training its model, measured inside the
+   study itself (same machine, same moment, so a busy machine slows both alike). With the
+   basic launcher (one trial at a time), trial i occupies the sweep from its ask to the next
+   trial's ask (Optuna's datetime_start, datetime_complete); the job's own training loop
+   time is its MLflow metric `time/train_s`. Outside the loop: asking, Hydra's composition of
+   the job, data loading, opening the trial handle, the MLflow run with its artifacts,
+   telling, the parent run's updates. Inside the loop, each evaluation also reports to the
+   trial (one journal write) and asks the pruner: that cost is measured apart, per call, on a
+   journal file, and added once per evaluation. Process start-up (imports, pre-flight, the
+   study and parent run) comes once per study and is shown apart.
 2. Speed-up = wall time of the whole command with the basic launcher / with
    hydra/launcher=joblib and two trials at once: keep-busy (a new trial as soon as one ends,
    the default), in batches of two (keep_busy=false), and with two BLAS threads per worker
    (threads_per_job=2: 2 x 2 threads on the machine's cores).
 
-Medians over --repeats runs. Results: printed, and written to benchmarks/sweep_overhead.json.
+Medians over --repeats runs (and over the trials of a study). Results: printed, and written
+to benchmarks/sweep_overhead.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -95,8 +98,8 @@ def study_command(args: argparse.Namespace, extra: list[str]) -> list[str]:
     ]
 
 
-def run_study(args: argparse.Namespace, extra: list[str]) -> tuple[float, list]:
-    """(wall seconds of the command, the study's trials) in a fresh project copy."""
+def run_study(args: argparse.Namespace, extra: list[str]) -> dict:
+    """Run a study in a fresh project copy: its wall time, trials, and training loop times."""
     import optuna
 
     from doomnet.trial import open_storage
@@ -113,47 +116,64 @@ def run_study(args: argparse.Namespace, extra: list[str]) -> tuple[float, list]:
             raise SystemExit(f"the study failed:\n{done.stderr[-3000:]}")
         storage = open_storage(str(root / "mlruns" / "optuna.journal"))
         trials = optuna.load_study(study_name="train", storage=storage).trials
+        train_s = training_loop_seconds(root) if "tracking=off" not in extra else {}
     states = {t.state.name for t in trials}
     if states != {"COMPLETE"} or len(trials) != args.trials:
         raise SystemExit(f"expected {args.trials} COMPLETE trials, got {states}")
-    return wall, trials
+    return {"wall": wall, "trials": trials, "train_s": train_s}
 
 
-def training_seconds(args: argparse.Namespace, trials: list, splits) -> float:
-    """The trials' training again, here, alone: the app's model and optimizer for the trial's
-    config, `fit` with no callbacks."""
-    from doomnet.config import Config, DataConfig
-    from doomnet.fit import fit
-    from doomnet.run import build_model, build_optimizer
+def training_loop_seconds(root: Path) -> dict[int, float]:
+    """trial number -> its job's training loop time (MLflow metric time/train_s)."""
+    from mlflow.tracking import MlflowClient
 
-    total = 0.0
-    for trial in trials:
-        cfg = Config(
-            lr=trial.params["lr"],
-            hidden=trial.params["hidden"],
-            iterations=args.iterations,
-            eval_every=args.eval_every,
-            data=DataConfig(name=args.data),
+    client = MlflowClient(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("doomnet")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    return {
+        int(r.data.tags["optuna.trial"]): r.data.metrics["time/train_s"]
+        for r in runs
+        if "optuna.trial" in r.data.tags
+    }
+
+
+def overhead_outside_loop(study: dict) -> list[float]:
+    """Per trial: from its ask to the next ask, minus its training loop."""
+    trials = sorted(study["trials"], key=lambda t: t.datetime_start)
+    out = []
+    for trial, following in zip(trials, trials[1:] + [None], strict=True):
+        end = following.datetime_start if following else trial.datetime_complete
+        out.append((end - trial.datetime_start).total_seconds() - study["train_s"][trial.number])
+    return out
+
+
+def seconds_per_report(reports: int = 300) -> float:
+    """Median time of one trial.report + should_prune on a journal file (MedianPruner, five
+    finished trials to compare with): what every evaluation of a trial adds to its loop."""
+    import optuna
+
+    from doomnet.trial import open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix="doomnet-bench-") as tmp:
+        study = optuna.create_study(
+            storage=open_storage(str(Path(tmp) / "optuna.journal")),
+            direction="maximize",
+            pruner=optuna.pruners.MedianPruner(),
         )
-        model = build_model(cfg, splits.n_features, splits.n_classes)
-        result = fit(
-            model,
-            splits,
-            iterations=cfg.iterations,
-            lr=cfg.lr,
-            batch_size=cfg.batch_size,
-            optimizer=build_optimizer(cfg),
-            eval_every=cfg.eval_every,
-            seed=cfg.seed,
-        )
-        total += result.train_time_s
-    return total
-
-
-def loop_seconds(trials: list) -> float:
-    first = min(t.datetime_start for t in trials)
-    last = max(t.datetime_complete for t in trials)
-    return (last - first).total_seconds()
+        for _ in range(5):
+            trial = study.ask()
+            for step in range(1, 31):
+                trial.report(0.5, step)
+            study.tell(trial, 0.5)
+        trial = study.ask()
+        times = []
+        for step in range(1, reports + 1):
+            start = time.perf_counter()
+            trial.report(0.9, step)
+            trial.should_prune()
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def median(values: list[float]) -> float:
@@ -170,43 +190,44 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "sweep_overhead.json"))
     args = parser.parse_args()
 
-    from doomnet.config import DataConfig
-    from doomnet.data import load_dataset
-
-    splits = load_dataset(args.data, val_fraction=DataConfig().val_fraction, seed=0)
     print(
         f"{args.trials}-trial studies on {args.data}: {args.iterations} full-batch updates, "
         f"val/acc every {args.eval_every}; {os.cpu_count()} cores; medians of {args.repeats}"
     )
 
-    # 1. overhead per trial, basic launcher, with and without MLflow
-    overhead: dict[str, dict[str, float]] = {}
-    for label, extra in [("with MLflow", []), ("tracking=off", ["tracking=off"])]:
-        per_trial, startup, train_share = [], [], []
-        for _ in range(args.repeats):
-            wall, trials = run_study(args, extra)
-            loop = loop_seconds(trials)
-            train = training_seconds(args, trials, splits)
-            per_trial.append((loop - train) / len(trials))
-            startup.append(wall - loop)
-            train_share.append(train / len(trials))
-        overhead[label] = {
-            "overhead_s_per_trial": median(per_trial),
-            "overhead_s_per_trial_all": per_trial,
-            "training_s_per_trial": median(train_share),
-            "startup_and_exit_s": median(startup),
-        }
-        print(
-            f"overhead per trial ({label}): {median(per_trial):.3f} s "
-            f"(runs: {', '.join(f'{x:.3f}' for x in per_trial)}); training "
-            f"{median(train_share):.3f} s per trial; start-up + exit {median(startup):.1f} s"
-        )
+    # 1. overhead per trial, basic launcher
+    outside, startup, train = [], [], []
+    for _ in range(args.repeats):
+        study = run_study(args, [])
+        per_trial = overhead_outside_loop(study)
+        outside.append(statistics.median(per_trial))
+        loop = sum(per_trial) + sum(study["train_s"].values())
+        startup.append(study["wall"] - loop)
+        train.append(statistics.median(study["train_s"].values()))
+    report_s = seconds_per_report()
+    evaluations = math.ceil(args.iterations / args.eval_every)
+    overhead = {
+        "outside_training_loop_s": median(outside),
+        "outside_training_loop_s_runs": outside,
+        "per_report_s": report_s,
+        "reports_per_trial": evaluations,
+        "total_s_per_trial": median(outside) + evaluations * report_s,
+        "training_loop_s_per_trial": median(train),
+        "startup_and_exit_s": median(startup),
+    }
+    print(
+        f"overhead per trial: {overhead['total_s_per_trial']:.3f} s = "
+        f"{median(outside):.3f} s outside the training loop "
+        f"(runs: {', '.join(f'{x:.3f}' for x in outside)}) + {evaluations} reports x "
+        f"{report_s * 1e3:.1f} ms; training loop {median(train):.2f} s per trial; "
+        f"start-up + exit {median(startup):.1f} s per study"
+    )
 
     # 2. wall time of the whole study: 1 trial at a time vs 2 workers
     walls: dict[str, list[float]] = {name: [] for name in VARIANTS}
     for _ in range(args.repeats):
         for name, extra in VARIANTS.items():  # interleaved: drifting load hits all alike
-            walls[name].append(run_study(args, extra)[0])
+            walls[name].append(run_study(args, extra)["wall"])
     base = median(walls["basic launcher, 1 trial at a time"])
     speedups = {}
     for name, values in walls.items():
