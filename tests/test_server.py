@@ -41,7 +41,7 @@ def wait_until_up(url: str, server: subprocess.Popen, timeout: float = 120) -> N
             return
         except OSError:
             if server.poll() is not None:
-                raise AssertionError(f"the server exited: {server.stderr.read()[-2000:]}")
+                raise AssertionError(f"the server exited: {server.stderr.read()[-2000:]}") from None
             if time.time() > deadline:
                 raise
             time.sleep(1)
