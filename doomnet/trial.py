@@ -374,6 +374,11 @@ class TrialHandle:
         job = dict(owner_attrs(JOB_PREFIX)[JOB_PREFIX], ended=True)
         with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
             self.storage.set_trial_system_attr(self.trial_id, JOB_PREFIX, job)
+        # A database storage's pooled connections would stay open until garbage collection:
+        # a worker running hundreds of trials must not hold hundreds of them.
+        engine = getattr(getattr(self.storage, "_backend", self.storage), "engine", None)
+        if engine is not None:
+            engine.dispose()
 
 
 _OPEN: set[TrialHandle] = set()  # this process's open handles

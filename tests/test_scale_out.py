@@ -11,6 +11,7 @@ the heartbeat can tell the others that it died.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -187,8 +188,16 @@ def worker_logs(project: Path) -> str:
     )
 
 
+@functools.cache
+def _storage(url: str) -> optuna.storages.BaseStorage:
+    """One storage (one connection pool) per database for all the test's polling: a new one
+    every 0.1 s would hold PostgreSQL connections until garbage collection ("too many
+    clients")."""
+    return open_storage(url)
+
+
 def load(storage: str) -> optuna.Study:
-    return optuna.load_study(study_name=STUDY, storage=open_storage(storage))
+    return optuna.load_study(study_name=STUDY, storage=_storage(storage))
 
 
 def wait_for(storage: str, check: Callable[[optuna.Study], object], timeout: float = 300):

@@ -575,10 +575,12 @@ class OptunaSweeper(Sweeper):
         log.warning("%s: stopping %d running trial(s)", reason, len(in_flight))
         # Jobs in other processes: Ctrl-C at a terminal reached them too, so give them a
         # moment to close their runs by themselves (a second signal could cut that short);
-        # then SIGTERM the ones still running (a SIGTERM sent to this process only).
+        # then SIGTERM the ones still running. A SIGTERM came to this process only: pass it
+        # on at once.
         start, signalled = time.monotonic(), False
+        wait_s = 0.0 if "SIGTERM" in reason else 3.0
         while in_flight and not self._in_process() and time.monotonic() - start < 60:
-            if not signalled and time.monotonic() - start > 3:
+            if not signalled and time.monotonic() - start >= wait_s:
                 self._terminate_jobs(ctx, in_flight.values())
                 signalled = True
             try:
