@@ -723,7 +723,9 @@ def test_a_postgres_storage_is_resumed_by_the_same_command(project: Path, pg_url
 
 
 def test_optuna_dashboard_opens_the_study_with_the_printed_command(project: Path) -> None:
-    pytest.importorskip("optuna_dashboard", reason="the `dashboard` extra is not installed")
+    pytest.importorskip(
+        "optuna_dashboard", reason="optuna-dashboard is not installed (--extra dev)"
+    )
     done = train(project, *OPTUNA, "lr=interval(0.1, 1)", "hydra.sweeper.n_trials=2", *SMALL)
     assert done.returncode == 0, done.stderr[-2000:]
     (command,) = [line for line in done.stdout.splitlines() if "optuna-dashboard" in line]
