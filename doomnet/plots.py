@@ -22,15 +22,19 @@ def learning_curve(history: Sequence[dict[str, float]], title: str, path: Path) 
     import matplotlib.pyplot as plt
 
     steps = [h["step"] for h in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.4), constrained_layout=True)
+    # Fixed margins and legend places: every run draws this figure, and matplotlib's automatic
+    # layout and "best" legend search over 2,000-point lines took most of its ~0.25 s.
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig.subplots_adjust(left=0.08, right=0.985, bottom=0.14, top=0.83, wspace=0.22)
     for split, style in (("train", "-"), ("val", "--")):
         ax_loss.plot(steps, [h[f"{split}/loss"] for h in history], style, label=split)
         ax_acc.plot(steps, [h[f"{split}/acc"] for h in history], style, label=split)
     ax_loss.set(xlabel="iteration", ylabel="cross-entropy", yscale="log", title="loss")
     ax_acc.set(xlabel="iteration", ylabel="accuracy", ylim=(0, 1), title="accuracy")
+    ax_loss.legend(loc="upper right")
+    ax_acc.legend(loc="lower right")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
-        ax.legend()
     fig.suptitle(title, fontsize=10)
     fig.savefig(path, dpi=110)
     plt.close(fig)
