@@ -145,6 +145,21 @@ def test_digits_file_matches_sklearn_loader(monkeypatch):
     assert dataset_checksum("digits") == DIGITS_CHECKSUM
 
 
+def test_a_bundled_csv_is_parsed_once_per_file_version_and_handed_out_read_only(tmp_path):
+    path = tmp_path / "tiny.csv.gz"
+    path.write_bytes(gzip.compress(b"1,2,3,0\n4,5,6,1\n"))
+    X, y = data._read_csv_gz(path, n_pixels=3, pixel_max=16)
+    assert data._read_csv_gz(path, n_pixels=3, pixel_max=16)[0] is X  # the cached parse
+    with pytest.raises(ValueError, match="read-only"):
+        X[0, 0] = 9  # a caller cannot change what the next caller gets
+    path.write_bytes(gzip.compress(b"7,8,9,2\n7,8,9,2\n1,1,1,1\n"))  # a new version
+    X2, y2 = data._read_csv_gz(path, n_pixels=3, pixel_max=16)
+    assert X2.tolist() == [[7, 8, 9], [7, 8, 9], [1, 1, 1]] and y2.tolist() == [2, 2, 1]
+    splits = load_dataset("mnist_5k")
+    splits.X_train[:] = 0  # the splits are the caller's own copies
+    assert load_dataset("mnist_5k").X_train.any()
+
+
 def test_import_and_offline_loads_stay_cheap():
     code = (
         "import sys, doomnet.data as d\n"
