@@ -29,6 +29,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy
 from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -360,6 +361,7 @@ class RunTracker:
 # run and keys and keeps its `latest_metrics` table itself. A tracking server gets log_batch.
 
 SQL_SCHEMES = frozenset({"sqlite", "postgresql", "mysql", "mssql"})
+INSERT_ROWS = 10_000  # rows per INSERT transaction
 
 
 def log_batch_writer(client: MlflowClient) -> Callable[[str, list[Point]], None]:
@@ -390,12 +392,18 @@ def point_writer(client: MlflowClient) -> Callable[[str, list[Point]], None]:
                 newest[key] = point
         log_batch(run_id, list(newest.values()))  # checks the run is active, keys are valid
         # The rest, once each: a repeated row would violate the table's primary key.
-        rows = {_sql_row(run_id, p): None for p in points}
+        rest = {_sql_row(run_id, p): p for p in points}
         for point in newest.values():
-            rows.pop(_sql_row(run_id, point), None)
-        rows = [dict(zip(METRIC_COLUMNS, row, strict=True)) for row in rows]
-        for i in range(0, len(rows), 10 * BATCH):
-            _retry(lambda chunk=rows[i : i + 10 * BATCH]: _insert_rows(engine, chunk))
+            rest.pop(_sql_row(run_id, point), None)
+        rows, rest_points = list(rest), list(rest.values())
+        for i in range(0, len(rows), INSERT_ROWS):
+            chunk = [
+                dict(zip(METRIC_COLUMNS, row, strict=True)) for row in rows[i : i + INSERT_ROWS]
+            ]
+            try:
+                _retry(lambda chunk=chunk: _insert_rows(engine, chunk))
+            except sqlalchemy.exc.IntegrityError:  # a point already stored (logged twice)
+                log_batch(run_id, rest_points[i : i + INSERT_ROWS])  # MLflow skips repeats
 
     return write
 
@@ -429,7 +437,6 @@ def _sql_row(run_id: str, point: Point) -> tuple[Any, ...]:
 
 def _insert_rows(engine: Any, rows: list[dict[str, Any]]) -> None:
     """One transaction: all rows or none (a retry cannot write a point twice)."""
-    import sqlalchemy
     from mlflow.store.tracking.dbmodels.models import SqlMetric
 
     try:

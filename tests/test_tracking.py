@@ -93,6 +93,18 @@ def test_points_for_a_deleted_run_are_refused_and_nothing_is_written(tmp_path):
     assert client.get_metric_history(run_id, "train/loss") == []
 
 
+def test_points_written_twice_are_stored_once(tmp_path):
+    """A point already in the store (say, logged again by a callback) is not an error."""
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = _run(client)
+    write = tracking.point_writer(client)
+    write(run_id, list(POINTS))
+    write(run_id, list(POINTS) + [("train/loss", 0.9, 1005, 4)])
+    steps = [m.step for m in client.get_metric_history(run_id, "train/loss")]
+    assert sorted(steps) == [0, 1, 2, 3, 4]
+    assert client.get_run(run_id).data.metrics["train/loss"] == 0.9
+
+
 def test_run_tracker_keeps_every_point_of_a_long_run(tmp_path):
     """12,000 points across several flushes, as a 3,000-iteration run logs them."""
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
