@@ -57,6 +57,8 @@ def measure(iterations: int = 2000, rounds: int = 5) -> dict:
         cfg = _config(iterations, project, True)
         splits = load_dataset(cfg.data.name, val_fraction=cfg.data.val_fraction, seed=cfg.seed)
 
+        inside: dict = {}  # flush_at -> [seconds the loop spent in tracking, per round]
+
         def loop(flush_at: int | None | str):
             """fit() alone ("off"), or fit() with a RunTracker plus closing the run (the final
             flush); opening the run is not counted. flush_at as in RunTracker."""
@@ -91,8 +93,6 @@ def measure(iterations: int = 2000, rounds: int = 5) -> dict:
                 return end - start
 
             return call
-
-        inside: dict = {}  # flush_at -> [seconds the loop spent in tracking, per round]
 
         loop_times = interleaved(
             {

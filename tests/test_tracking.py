@@ -121,7 +121,7 @@ def test_run_tracker_keeps_every_point_of_a_long_run(tmp_path):
     assert run.data.metrics["val/acc"] == pytest.approx(2999 / 3000)
 
 
-def test_a_tracking_server_gets_log_batch(tmp_path):
+def test_a_tracking_server_gets_log_batch():
     assert tracking.point_writer(MlflowClient("http://127.0.0.1:9")).__qualname__.startswith(
         "log_batch_writer"
     )
